@@ -1,0 +1,3 @@
+"""harrison: a Caffe-faithful reproduction of the HARRISON hashtag recommendation benchmark."""
+
+__version__ = "0.1.0"
