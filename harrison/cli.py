@@ -30,16 +30,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The parser; with ``only``, just that stage's module is imported, so one broken stage cannot break the others."""
+    """The parser; only the stage ``only`` is imported and given its arguments (the top-level help lists all)."""
     parser = argparse.ArgumentParser(prog="harrison", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
-        if only is not None and name != only:
-            continue
-        module = importlib.import_module(module_name)
         stage_parser = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(stage_parser)
-        stage_parser.set_defaults(_run=module.run)
+        if name == only:
+            module = importlib.import_module(module_name)
+            module.add_arguments(stage_parser)
+            stage_parser.set_defaults(_run=module.run)
     return parser
 
 
