@@ -70,3 +70,59 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> Config:
     """The config named by ``--config`` with ``--workdir`` applied."""
     return load_config(args.config, args.workdir)
+
+
+PATH_KEYS = frozenset({"workdir", "crawl", "image_root", "release", "net", "preprocess", "weights", "solver", "deploy"})
+
+
+def derive_config(base: str | os.PathLike, out: str | os.PathLike, updates: dict[str, str]) -> Path:
+    """Write a copy of config ``base`` to ``out`` with dotted-key ``updates`` applied.
+
+    Every relative path of ``base`` is made absolute (the copy lives elsewhere), and update values
+    for path keys resolve against the current directory. ``out`` then records exactly what a run used.
+    """
+    from harrison.files import write_text
+
+    config = load_config(base)
+    data = _absolute_paths(dict(config), config.path.parent)
+    for dotted, value in updates.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+        parsed = yaml.safe_load(value) if value else None
+        if leaf in PATH_KEYS and isinstance(parsed, str):
+            parsed = str(Path(os.path.expanduser(parsed)).resolve())
+        node[leaf] = parsed
+    return write_text(out, yaml.safe_dump(data, sort_keys=False))
+
+
+def _absolute_paths(node: Any, base: Path) -> Any:
+    if isinstance(node, dict):
+        return {
+            key: (str((base / value).resolve()) if key in PATH_KEYS and isinstance(value, str) else _absolute_paths(value, base))
+            for key, value in node.items()
+        }
+    return node
+
+
+def _main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m harrison.config", description="write a derived run config")
+    parser.add_argument("base", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted key, e.g. dataset.release=DIR")
+    args = parser.parse_args(argv)
+    updates = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        updates[key] = value
+    print(derive_config(args.base, args.out, updates))
+
+
+if __name__ == "__main__":
+    try:
+        _main()
+    except HarrisonError as exc:
+        raise SystemExit(f"error: {exc}") from None
