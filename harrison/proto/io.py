@@ -96,7 +96,7 @@ def _read_text(path: str | os.PathLike, message: M, what: str) -> M:
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as exc:
-        detail = _PARSE_POSITION.sub("", str(exc))
+        detail = _PARSE_POSITION.sub("", str(exc)).rstrip(".")
         raise HarrisonError(
             f"{path}:{exc.GetLine()}:{exc.GetColumn()}: malformed {what}: {detail}; fix that line "
             f"(names and values follow Caffe's caffe.proto, message {message.DESCRIPTOR.name})"
