@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -25,6 +23,7 @@ from tqdm import tqdm
 
 from harrison.dataset import figures, lists, stats
 from harrison.dataset.crawl import read_crawl
+from harrison.dataset.folders import building_folder
 from harrison.dataset.lemmatize import TagCleaner
 from harrison.dataset.release import read_release
 from harrison.dataset.skips import BadRecords
@@ -186,10 +185,7 @@ def _finish(out: Path, data: Collected, options: BuildOptions, settings: dict[st
         **data.details,
         "top_tags": [[tag, int(count)] for tag, count in zip(classes[:20], counts[:20])],
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        tmp.chmod(0o755)
+    with building_folder(out) as tmp:
         lists.write_vocab(tmp / lists.VOCAB_NAME, zip(classes, counts.tolist()))
         for split, rows in split_rows.items():
             lists.write_split(lists.split_path(tmp, split), [images[i] for i in rows], [labels[i] for i in rows])
@@ -197,10 +193,6 @@ def _finish(out: Path, data: Collected, options: BuildOptions, settings: dict[st
         by_count = np.argsort(-counts, kind="stable")
         figures.tags_per_image_figure(summary["tags_per_image"]["histogram"], tmp / "figures" / "tags_per_image.png")
         figures.tag_frequency_figure([classes[c] for c in by_count], counts[by_count].tolist(), tmp / "figures" / "tag_frequency.png")
-        _replace_folder(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     outputs = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "manifest.json")
     write_manifest(
         out,
@@ -217,13 +209,3 @@ def _finish(out: Path, data: Collected, options: BuildOptions, settings: dict[st
         },
     )
 
-
-def _replace_folder(new: Path, final: Path) -> None:
-    """Put the finished folder ``new`` at ``final``, moving any older one out of the way first."""
-    old = None
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-        os.replace(final, old / final.name)
-    os.replace(new, final)
-    if old is not None:
-        shutil.rmtree(old)
