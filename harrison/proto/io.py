@@ -241,8 +241,10 @@ def layer_blobs(net_param: caffe_pb2.NetParameter) -> dict[str, list[np.ndarray]
 
 def _upgrade_v1_layer(v1: caffe_pb2.V1LayerParameter, out: caffe_pb2.LayerParameter) -> None:
     type_name = caffe_pb2.V1LayerParameter.LayerType.Name(v1.type)
-    out.name = v1.name
-    out.type = V1_LAYER_TYPES[type_name]
+    if v1.HasField("name"):
+        out.name = v1.name
+    if v1.HasField("type"):
+        out.type = V1_LAYER_TYPES[type_name]
     out.bottom.extend(v1.bottom)
     out.top.extend(v1.top)
     out.include.extend(v1.include)
