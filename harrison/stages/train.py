@@ -1,0 +1,115 @@
+"""``harrison train``: build a Table 1 classifier's inputs and run its solver.
+
+For each model (``--model`` picks one; default all of the config's) this builds ``models/<model>/data/``
+from the feature files, writes the materialised solver and nets, and runs the engine's solver, resuming
+from the newest ``.solverstate`` in ``snapshots/`` after an interruption. The log is kept as
+``train.log`` (Caffe's format) and turned into ``loss.csv`` and ``loss.png``. A model whose final snapshot
+exists and whose manifest is current is skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from harrison import caffelog
+from harrison.classifier_data import ModelData, build_data, materialise, model_folder
+from harrison.config import Config, add_config_arguments, config_from_args
+from harrison.engines import ENGINE_CHOICES, get_engine
+from harrison.errors import HarrisonError
+from harrison.manifest import is_current, read_manifest, write_manifest
+from harrison.proto import caffe_pb2
+from harrison.proto.io import read_solver
+from harrison.stages.extract import sigterm_as_interrupt
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--model", help="one model of the config (default: all of them)")
+    parser.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help="which engine runs the solver (default: auto)")
+    parser.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
+
+
+def models_of(config: Config, model: str | None) -> list[str]:
+    """``[model]`` after checking the config defines it, or all the config's models."""
+    names = list(config.section("models"))
+    if model is not None and model not in names:
+        raise HarrisonError(f"--model {model!r}: {config.path} defines {', '.join(names)}")
+    return [model] if model else names
+
+
+def snapshot_files(solver_copy: Path) -> tuple[Path, str, int]:
+    """The snapshot prefix, file suffix ('' or '.h5') and max_iter of a materialised solver."""
+    solver = read_solver(solver_copy)
+    suffix = ".h5" if solver.snapshot_format == caffe_pb2.SolverParameter.HDF5 else ""
+    return Path(solver.snapshot_prefix), suffix, int(solver.max_iter)
+
+
+def final_weights(solver_copy: Path) -> Path:
+    """The .caffemodel a finished run of the solver leaves."""
+    prefix, suffix, max_iter = snapshot_files(solver_copy)
+    return Path(f"{prefix}_iter_{max_iter}.caffemodel{suffix}")
+
+
+def latest_state(solver_copy: Path) -> Path | None:
+    """The .solverstate with the highest iteration in the snapshot folder, if any."""
+    prefix, suffix, _ = snapshot_files(solver_copy)
+    pattern = re.compile(re.escape(prefix.name) + r"_iter_(\d+)\.solverstate" + re.escape(suffix) + "$")
+    states = [(int(m[1]), path) for path in prefix.parent.glob(f"{prefix.name}_iter_*.solverstate{suffix}")
+              if (m := pattern.match(path.name))]
+    return max(states)[1] if states else None
+
+
+def train_inputs(data: ModelData, copies: dict[str, Path]) -> list[Path]:
+    """What a training run depends on: the materialised prototxt and every data file."""
+    files = [copies["solver"], copies["train_test"], copies["deploy"]]
+    for listing in data.lists.values():
+        files += [Path(line) for line in listing.read_text(encoding="utf-8").split()]
+    return files
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    engine = None
+    with sigterm_as_interrupt():
+        for model in models_of(config, args.model):
+            folder = model_folder(config, model)
+            data = build_data(config, model)
+            copies = materialise(config, model, data)
+            final = final_weights(copies["solver"])
+            inputs = train_inputs(data, copies)
+            if engine is None:
+                engine, reason = get_engine(args.engine, args.gpu)
+                print(f"engine: {engine.name} ({reason})", file=sys.stderr)
+            settings = {"model": model, "engine": engine.name, "dims": data.dims, "num_classes": data.num_classes,
+                        "rows": data.counts}
+            manifest = read_manifest(folder)
+            same_run = manifest is not None and is_current(folder, inputs=inputs, settings=settings)
+            if same_run and manifest.get("status") == "done" and final.exists():
+                print(f"{folder}: trained and current, skipped", file=sys.stderr)
+                continue
+            log = folder / "train.log"
+            state = latest_state(copies["solver"]) if same_run else None
+            if not same_run:
+                shutil.rmtree(final.parent, ignore_errors=True)
+                final.parent.mkdir(parents=True)
+                log.unlink(missing_ok=True)
+            write_manifest(folder, "train", inputs=inputs, settings=settings, extra={"status": "running"})
+            print(f"{model}: training {data.counts['train']} x {data.total_dim} -> {data.num_classes}"
+                  + (f", resuming from {state.name}" if state else ""), file=sys.stderr)
+            began = time.time()
+            result = engine.train(copies["solver"], log=log, resume=state)
+            seconds = time.time() - began
+            parsed = caffelog.parse_log(log)
+            outputs = [result.weights, caffelog.write_loss_csv(parsed, folder / "loss.csv"),
+                       caffelog.plot_loss(parsed, folder / "loss.png", title=f"{model} ({engine.name})")]
+            if result.state is not None:
+                outputs.append(result.state)
+            write_manifest(folder, "train", inputs=inputs, outputs=outputs, settings=settings,
+                           extra={"status": "done", "engine": engine.describe(), "seconds": round(seconds, 1),
+                                  "iterations": result.iterations, "weights": str(result.weights)})
+            print(f"{model}: {result.weights} after {result.iterations} iterations ({seconds:.0f} s)", file=sys.stderr)
+    return 0
