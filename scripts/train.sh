@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# harrison train with the given arguments; with none, for every model of configs/demo.yaml.
+# Examples: scripts/train.sh --config configs/harrison.yaml --model object_scene --engine caffe
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec .venv/bin/harrison train "$@"
