@@ -260,3 +260,64 @@ def test_solver_upgrade_matches_caffe_upgrade_tool(run_caffe, tmp_path):
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+TRAIN_NET = """\
+name: "regress"
+layer {
+  name: "data" type: "DummyData" top: "data" top: "target"
+  dummy_data_param {
+    shape { dim: 4 dim: 6 } shape { dim: 4 dim: 3 }
+    data_filler { type: "gaussian" std: 1 } data_filler { type: "constant" value: 0.5 }
+  }
+}
+layer {
+  name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+  inner_product_param { num_output: 3 weight_filler { type: "xavier" } bias_filler { type: "constant" value: 0.1 } }
+}
+layer { name: "loss" type: "EuclideanLoss" bottom: "fc" bottom: "target" top: "loss" }
+"""
+
+
+def _solver(folder: Path, name: str, **settings) -> Path:
+    solver = caffe_pb2.SolverParameter(net=str(folder / "train.prototxt"), lr_policy="fixed", display=1,
+                                       solver_mode=caffe_pb2.SolverParameter.CPU, random_seed=1, **settings)
+    return io.write_prototxt(folder / name, solver)
+
+
+def test_solverstate_interchange(run_caffe, tmp_path):
+    """Caffe's snapshot reads back through our io; a state and weights we write are what Caffe resumes from.
+
+    The resumed run has base_lr 0, so one SGD step is exactly w -= momentum * history, history *= momentum.
+    """
+    _write(tmp_path / "train.prototxt", TRAIN_NET)
+    first = _solver(tmp_path, "first.prototxt", base_lr=0.05, momentum=0.9, max_iter=3, snapshot=3,
+                    snapshot_prefix=str(tmp_path / "caffe"))
+    run_caffe(["caffe", "train", f"--solver={first}"])
+    state = io.read_solverstate(tmp_path / "caffe_iter_3.solverstate")
+    assert state.iter == 3 and state.learned_net == str(tmp_path / "caffe_iter_3.caffemodel")
+    history = [io.blob_to_array(blob) for blob in state.history]
+    assert [h.shape for h in history] == [(3, 6), (3,)] and all(np.abs(h).max() > 0 for h in history)
+    weights = io.layer_blobs(io.read_caffemodel(state.learned_net))["fc"]
+
+    rng = np.random.default_rng(6)
+    ours_w = [rng.standard_normal(w.shape).astype(np.float32) for w in weights]
+    ours_h = [rng.standard_normal(h.shape).astype(np.float32) for h in history]
+    model = io.read_caffemodel(state.learned_net)
+    fc = next(layer for layer in model.layer if layer.name == "fc")
+    for blob, array in zip(fc.blobs, ours_w, strict=True):
+        blob.CopyFrom(io.array_to_blob(array))
+    ours_model = io.write_caffemodel(tmp_path / "ours.caffemodel", model)
+    ours_state = caffe_pb2.SolverState(iter=7, learned_net=str(ours_model), current_step=0)
+    ours_state.history.extend(io.array_to_blob(h) for h in ours_h)
+    resume = io.write_solverstate(tmp_path / "ours.solverstate", ours_state)
+
+    second = _solver(tmp_path, "second.prototxt", base_lr=0.0, momentum=0.5, max_iter=8,
+                     snapshot_prefix=str(tmp_path / "resumed"))
+    run_caffe(["caffe", "train", f"--solver={second}", f"--snapshot={resume}"])
+    after = io.read_solverstate(tmp_path / "resumed_iter_8.solverstate")
+    assert after.iter == 8
+    new_w = io.layer_blobs(io.read_caffemodel(after.learned_net))["fc"]
+    for w, h, w_after, h_after in zip(ours_w, ours_h, new_w, after.history, strict=True):
+        np.testing.assert_allclose(io.blob_to_array(h_after), 0.5 * h, rtol=1e-6)
+        np.testing.assert_allclose(w_after, w - 0.5 * h, rtol=1e-5, atol=1e-6)
