@@ -57,7 +57,16 @@ def test_project_prototxt_parses(path):
     net = io.upgrade_net(io.read_net(path))
     assert len(net.layer) > 0 and not len(net.layers)
     assert all(layer.type for layer in net.layer)
-    assert len({layer.name for layer in net.layer}) == len(net.layer)
+    for phase in (caffe_pb2.TRAIN, caffe_pb2.TEST):
+        names = [layer.name for layer in net.layer if _in_phase(layer, phase)]
+        assert names and len(set(names)) == len(names), f"layer names repeat in phase {phase}"
+
+
+def _in_phase(layer: caffe_pb2.LayerParameter, phase: int) -> bool:
+    """Whether the layer's include/exclude phase rules keep it in ``phase`` (levels and stages aside)."""
+    if len(layer.include):
+        return any(not rule.HasField("phase") or rule.phase == phase for rule in layer.include)
+    return not any(rule.HasField("phase") and rule.phase == phase for rule in layer.exclude)
 
 
 def _small_net() -> caffe_pb2.NetParameter:
