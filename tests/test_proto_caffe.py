@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 
 from harrison.proto import caffe_pb2, io
-from test_proto import V1_NET
+from test_proto import PROTOTXTS, REPO, V1_NET
 
 pytestmark = pytest.mark.caffe
 
@@ -255,6 +255,17 @@ def test_solver_upgrade_matches_caffe_upgrade_tool(run_caffe, tmp_path):
     upgraded = tmp_path / "upgraded.prototxt"
     run_caffe(["upgrade_solver_proto_text", str(legacy), str(upgraded)])
     assert io.upgrade_solver(io.read_solver(legacy)) == io.read_solver(upgraded)
+
+
+@pytest.mark.parametrize("path", PROTOTXTS, ids=[str(p.relative_to(REPO)) for p in PROTOTXTS])
+def test_project_prototxt_reads_as_caffe_reads_it(run_caffe, tmp_path, path):
+    upgraded = tmp_path / "upgraded.prototxt"
+    if path.name.startswith("solver"):
+        run_caffe(["upgrade_solver_proto_text", str(path), str(upgraded)])
+        assert io.upgrade_solver(io.read_solver(path)) == io.read_solver(upgraded)
+    else:
+        run_caffe(["upgrade_net_proto_text", str(path), str(upgraded)])
+        assert io.upgrade_net(io.read_net(path)) == io.read_net(upgraded)
 
 
 def _write(path: Path, text: str) -> Path:
