@@ -1,6 +1,8 @@
 """Atomic writes and manifests: nothing partial is left, and current stages are recognised."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from harrison.errors import HarrisonError
@@ -53,3 +55,12 @@ def test_manifest_current_until_an_input_or_output_or_setting_changes(tmp_path):
     output.write_text("b")
     source.write_text("changed")
     assert not is_current(tmp_path, inputs=[source], settings={"k": 5})
+
+
+def test_atomic_outputs_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "x.json", {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
