@@ -27,6 +27,17 @@ layer {{ name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "fc2" bottom: "lab
 layer {{ name: "prob" type: "Sigmoid" bottom: "fc2" top: "prob" include {{ phase: TEST }} }}
 """
 
+DEPLOY = """name: "toy"
+layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: {batch} dim: {features} }} }} }}
+layer {{ name: "fc1" type: "InnerProduct" bottom: "data" top: "fc1" inner_product_param {{ num_output: {hidden} }} }}
+layer {{ name: "relu1" type: "ReLU" bottom: "fc1" top: "fc1" }}
+layer {{ name: "drop1" type: "Dropout" bottom: "fc1" top: "fc1" dropout_param {{ dropout_ratio: {dropout} }} }}
+layer {{ name: "fc2" type: "InnerProduct" bottom: "fc1" top: "fc2" inner_product_param {{ num_output: {classes} }} }}
+layer {{ name: "prob" type: "Sigmoid" bottom: "fc2" top: "prob" }}
+"""
+
+FEATURES = 16
+
 SOLVER_DEFAULTS = {
     "base_lr": 0.05,
     "lr_policy": '"step"',
@@ -43,7 +54,7 @@ SOLVER_DEFAULTS = {
 }
 
 
-def write_data(root: Path, *, rows: int = 80, test_rows: int = 20, features: int = 16, classes: int = 5, files: int = 2, seed: int = 0) -> None:
+def write_data(root: Path, *, rows: int = 80, test_rows: int = 20, features: int = FEATURES, classes: int = 5, files: int = 2, seed: int = 0) -> None:
     """Train rows split over ``files`` HDF5 files and one test file, with source lists ``train.txt``, ``test.txt``."""
     rng = np.random.default_rng(seed)
     weights = rng.standard_normal((features, classes))
@@ -69,7 +80,7 @@ def write_data(root: Path, *, rows: int = 80, test_rows: int = 20, features: int
 
 def write_setup(root: Path, *, batch: int = 10, hidden: int = 12, classes: int = 5, dropout: float = 0.0,
                 snapshot_prefix: str = "snapshots/toy", **solver: object) -> Path:
-    """Data, ``net.prototxt`` and ``solver.prototxt`` under ``root``; returns the solver path.
+    """Data, ``net.prototxt``, ``deploy.prototxt`` and ``solver.prototxt`` under ``root``; returns the solver path.
 
     ``solver`` overrides SOLVER_DEFAULTS (strings must carry their own quotes; a list gives a repeated field;
     None drops a default). The snapshot prefix is relative to ``root``.
@@ -77,6 +88,7 @@ def write_setup(root: Path, *, batch: int = 10, hidden: int = 12, classes: int =
     root.mkdir(parents=True, exist_ok=True)
     write_data(root, classes=classes)
     (root / "net.prototxt").write_text(NET.format(root=root, batch=batch, hidden=hidden, classes=classes, dropout=dropout))
+    (root / "deploy.prototxt").write_text(DEPLOY.format(batch=batch, features=FEATURES, hidden=hidden, classes=classes, dropout=dropout))
     fields = {**SOLVER_DEFAULTS, **solver}
     lines = [f'net: "{root / "net.prototxt"}"', f'snapshot_prefix: "{root / snapshot_prefix}"']
     for key, value in fields.items():
