@@ -9,6 +9,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
+
+from harrison import caffelog
+from harrison.proto import io as proto_io
 
 NET = """name: "toy"
 layer {{ name: "data" type: "HDF5Data" top: "data" top: "label" include {{ phase: TRAIN }}
@@ -99,3 +103,28 @@ def write_setup(root: Path, *, batch: int = 10, hidden: int = 12, classes: int =
     path = root / "solver.prototxt"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def weights_of(path) -> dict[tuple[str, int], np.ndarray]:
+    """Every blob of a .caffemodel by (layer, index)."""
+    return {(name, i): blob for name, blobs in proto_io.layer_blobs(proto_io.read_caffemodel(path)).items()
+            for i, blob in enumerate(blobs)}
+
+
+def assert_weights_close(got, want, tolerance: float = 1e-4) -> None:
+    """Normwise per blob: the largest difference over the largest reference value stays below ``tolerance``."""
+    got, want = weights_of(got), weights_of(want)
+    assert got.keys() == want.keys()
+    for key, reference in want.items():
+        error = np.abs(got[key] - reference).max() / np.abs(reference).max()
+        assert error < tolerance, f"{key}: normwise error {error:.2e}"
+
+
+def assert_losses_close(got: caffelog.TrainingLog, want: caffelog.TrainingLog, iterations, rel: float = 1e-4) -> None:
+    """The same displayed iterations, each with the same (unsmoothed) loss within ``rel`` and the same lr."""
+    got_rows = {row.iteration: row for row in got.train}
+    want_rows = {row.iteration: row for row in want.train}
+    assert sorted(got_rows) == sorted(want_rows) == list(iterations)
+    for it in iterations:
+        assert got_rows[it].raw_loss == pytest.approx(want_rows[it].raw_loss, rel=rel), f"iteration {it}"
+        assert got_rows[it].lr == pytest.approx(want_rows[it].lr, rel=1e-6), f"iteration {it}"
