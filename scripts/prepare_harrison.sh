@@ -7,6 +7,6 @@
 # A rerun skips what is done. Exit status 1 when some listed images are missing or damaged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if (($# < 3)) || [ "$1" = -h ] || [ "$1" = --help ]; then sed -n '2,8p' "$0"; exit 2; fi
+if (($# < 3)) || [ "$1" = -h ] || [ "$1" = --help ]; then sed -n '2,7p' "$0"; exit 2; fi
 tar=$1 fixed=$2 out=$3; shift 3
 exec .venv/bin/harrison prepare-release --tar "$tar" --fixed "$fixed" --out "$out" "$@"

@@ -1,0 +1,1 @@
+"""The static HTML report of a run: what it gathers (collect), its PNGs (figures), the page (html)."""
