@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from harrison import caffelog  # noqa: E402
+from harrison.classifier_data import output_layer  # noqa: E402
 from harrison.engines import Engine, NetRunner, get_engine  # noqa: E402
 from harrison.errors import HarrisonError  # noqa: E402
 from harrison.features import extract  # noqa: E402
@@ -327,13 +328,12 @@ def classifier_solver(folder: Path, source: Path, classes: int, iters: int, gpu:
     """A short copy of the classifier's solver and net reading ``source``: ``iters`` iterations, display
     every iteration, no testing, one snapshot at the end; every other number as in prototxt/classifier."""
     solver = read_solver(CLASSIFIER_DIR / CLASSIFIER_SOLVER)
-    net = upgrade_net(read_net(CLASSIFIER_DIR / Path(solver.net).name))
-    loss_inputs = {layer.bottom[0] for layer in net.layer if layer.type == "SigmoidCrossEntropyLoss"}
+    net_source = CLASSIFIER_DIR / solver.net
+    net = upgrade_net(read_net(net_source))
     for layer in net.layer:
         if layer.type == "HDF5Data":
             layer.hdf5_data_param.source = str(source)
-        if layer.type == "InnerProduct" and loss_inputs.intersection(layer.top):
-            layer.inner_product_param.num_output = classes
+    output_layer(net, net_source).inner_product_param.num_output = classes
     net_path = write_prototxt(folder / "train_test.prototxt", net)
     solver.net = str(net_path)
     solver.max_iter = iters
