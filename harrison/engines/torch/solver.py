@@ -13,13 +13,12 @@ buffer is rescaled whenever the local rate changes, so the .solverstate holds Ca
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import secrets
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -66,12 +65,12 @@ def learning_rate(param: caffe_pb2.SolverParameter, iteration: int, current_step
     return float(f32(rate)), current_step
 
 
-def snapshot_prefix(param: caffe_pb2.SolverParameter, solver_path: str | os.PathLike) -> str:
+def snapshot_prefix(param: caffe_pb2.SolverParameter, solver_path: str | os.PathLike, root: Path | None = None) -> str:
     """The prefix as Caffe 1.0 settles it: the solver file without its extension when unset, and
-    ``<dir>/<solver stem>`` when the prefix names a folder."""
+    ``<dir>/<solver stem>`` when the prefix names a folder (a relative one under ``root``, the working folder)."""
     if not param.HasField("snapshot_prefix"):
         return str(Path(solver_path).with_suffix(""))
-    if Path(param.snapshot_prefix).is_dir():
+    if ((root or Path.cwd()) / param.snapshot_prefix).is_dir():
         return str(Path(param.snapshot_prefix) / Path(solver_path).stem)
     return param.snapshot_prefix
 
@@ -96,18 +95,22 @@ def _check(param: caffe_pb2.SolverParameter, path: Path) -> None:
 
 
 def _net_params(param: caffe_pb2.SolverParameter, path: Path) -> tuple[caffe_pb2.NetParameter, list[caffe_pb2.NetParameter]]:
-    """The train net and the test nets, read as Caffe's InitTrainNet/InitTestNets read them."""
+    """The train net and the test nets, read as Caffe's InitTrainNet/InitTestNets read them (net files
+    relative to the solver's folder)."""
+    def read_net(name: str) -> caffe_pb2.NetParameter:
+        return proto_io.read_net(path.parent / name)
+
     sources = [name for name in ("net", "net_param", "train_net", "train_net_param") if param.HasField(name)]
     if len(sources) != 1:
         raise HarrisonError(f"{path}: give exactly one of net, net_param, train_net, train_net_param (found {sources or 'none'})")
-    generic = param.net_param if param.HasField("net_param") else proto_io.read_net(param.net) if param.HasField("net") else None
+    generic = param.net_param if param.HasField("net_param") else read_net(param.net) if param.HasField("net") else None
     if generic is not None:
         train = generic
     elif param.HasField("train_net_param"):
         train = param.train_net_param
     else:
-        train = proto_io.read_net(param.train_net)
-    tests = list(param.test_net_param) + [proto_io.read_net(name) for name in param.test_net]
+        train = read_net(param.train_net)
+    tests = list(param.test_net_param) + [read_net(name) for name in param.test_net]
     if generic is None and len(param.test_iter) != len(tests):
         raise HarrisonError(f"{path}: give one test_iter per test net ({len(tests)} test nets, {len(param.test_iter)} test_iter)")
     if len(param.test_iter) < len(tests):
@@ -118,34 +121,42 @@ def _net_params(param: caffe_pb2.SolverParameter, path: Path) -> tuple[caffe_pb2
     return train, tests
 
 
-def _build(net_param: caffe_pb2.NetParameter, phase: int, override: caffe_pb2.NetState | None, device: torch.device, seed: int) -> TorchNet:
+def _build(net_param: caffe_pb2.NetParameter, phase: int, override: caffe_pb2.NetState | None, device: torch.device,
+           seed: int, root: Path) -> TorchNet:
     """A net in the NetState Caffe composes: the phase, then the net's own state, then the solver's."""
     state = caffe_pb2.NetState(phase=phase)
     state.MergeFrom(net_param.state)
     if override is not None:
         state.MergeFrom(override)
     phase_name = caffe_pb2.Phase.Name(state.phase)
-    return TorchNet(net_param, phase_name, device, stages=tuple(state.stage), level=state.level, seed=seed)
+    return TorchNet(net_param, phase_name, device, stages=tuple(state.stage), level=state.level, seed=seed, root=root)
 
 
 class SGDSolver:
-    """Caffe's SGD solver over TorchNets: ``solve()`` runs to ``max_iter``, logging as ``caffe train`` does."""
+    """Caffe's SGD solver over TorchNets: ``solve()`` runs to ``max_iter``, logging as ``caffe train`` does.
+
+    Like the caffe engine, which starts ``caffe train`` in the solver's folder, relative paths in the
+    solver and its nets (net, snapshot_prefix, data sources, a state's learned_net) resolve against the
+    solver's folder, and are written into snapshots as given.
+    """
 
     def __init__(self, solver_path: str | os.PathLike, *, log: LogWriter, device: torch.device | str) -> None:
-        self.path = Path(solver_path)
+        self.path = Path(solver_path).absolute()
+        self.root = self.path.parent
         self.param = proto_io.upgrade_solver(proto_io.read_solver(self.path))
         _check(self.param, self.path)
         self.log = log
         self.device = torch.device(device)
-        self.prefix = snapshot_prefix(self.param, self.path)
-        if (self.param.snapshot or self.param.snapshot_after_train) and not Path(self.prefix).parent.is_dir():
+        self.prefix = snapshot_prefix(self.param, self.path, self.root)
+        if (self.param.snapshot or self.param.snapshot_after_train) and not (self.root / self.prefix).parent.is_dir():
             raise HarrisonError(f"{self.path}: cannot write snapshots to prefix {self.prefix!r}: its folder does not exist; create it")
         self.seed = self.param.random_seed if self.param.random_seed >= 0 else secrets.randbits(31)
         train, tests = _net_params(self.param, self.path)
         self.net = _build(train, caffe_pb2.TRAIN, self.param.train_state if self.param.HasField("train_state") else None,
-                          self.device, self.seed)
+                          self.device, self.seed, self.root)
         self.test_nets = [
-            _build(test, caffe_pb2.TEST, self.param.test_state[i] if self.param.test_state else None, self.device, self.seed)
+            _build(test, caffe_pb2.TEST, self.param.test_state[i] if self.param.test_state else None, self.device,
+                   self.seed, self.root)
             for i, test in enumerate(tests)
         ]
         self.iter = 0
@@ -181,7 +192,7 @@ class SGDSolver:
                 f"{state_path}: holds {len(state.history)} history blobs but the net {self.param.net or ''} has "
                 f"{len(self.learnable)} learnable blobs; resume with the solver that wrote it")
         if state.learned_net:
-            self.net.load_caffemodel(state.learned_net)
+            self.net.load_caffemodel(self.root / state.learned_net)
         for index, (blob, item) in enumerate(zip(state.history, self.learnable)):
             history = proto_io.blob_to_array(blob)
             if history.size != item.param.numel():
@@ -211,14 +222,14 @@ class SGDSolver:
         """Write ``<prefix>_iter_<iter>.caffemodel`` and ``.solverstate`` (atomically, logged as Caffe logs them)."""
         model = f"{self.prefix}_iter_{self.iter}.caffemodel"
         self.log.snapshot_model(model)
-        self.net.save_caffemodel(model)
+        self.net.save_caffemodel(self.root / model)
         state = caffe_pb2.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step)
         for history in self.history():
             state.history.append(proto_io.array_to_blob(history.detach().cpu().numpy()))
         state_path = f"{self.prefix}_iter_{self.iter}.solverstate"
         self.log.snapshot_state(state_path)
-        proto_io.write_solverstate(state_path, state)
-        self.snapshots.append((Path(model), Path(state_path)))
+        proto_io.write_solverstate(self.root / state_path, state)
+        self.snapshots.append((self.root / model, self.root / state_path))
         return self.snapshots[-1]
 
     # ----------------------------------------------------------------------------------- running
@@ -239,7 +250,8 @@ class SGDSolver:
 
     def _outputs(self, net: TorchNet, blobs: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor, float]]:
         """The net's output blobs, flattened, with their loss weights, in Caffe's output order."""
-        return [(name, blobs[name].detach().reshape(-1), float(net.loss_weights.get(name, 0.0))) for name in net.output_names]
+        weights = dict(net.loss_weights)
+        return [(name, blobs[name].detach().reshape(-1), weights.get(name, 0.0)) for name in net.output_names]
 
     def test_all(self) -> None:
         """Solver::TestAll: run every test net test_iter times with the train net's weights; log the mean outputs."""
@@ -372,16 +384,6 @@ class SGDSolver:
         self.log.done()
 
 
-@contextlib.contextmanager
-def _working_directory(path: Path) -> Iterator[None]:
-    previous = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
-
-
 def run_solver(
     solver: str | os.PathLike,
     *,
@@ -393,10 +395,9 @@ def run_solver(
 ) -> TrainResult:
     """Train as ``caffe train -solver SOLVER [-snapshot RESUME | -weights WEIGHTS]`` does, on ``device``.
 
-    Like the caffe engine, which starts ``caffe train`` in the solver's folder, relative paths in the
-    solver and its net (net, snapshot_prefix, data sources, a state's learned_net) resolve against the
-    solver's folder. Writes the Caffe-format ``log`` (appended to when resuming) and the snapshots;
-    raises HarrisonError on a NaN or infinite loss, naming the iteration, keeping the snapshots written.
+    Relative paths in the solver resolve against its folder (see SGDSolver). Writes the Caffe-format
+    ``log`` (appended to when resuming) and the snapshots; raises HarrisonError on a NaN or infinite
+    loss, naming the iteration, keeping the snapshots already written.
     """
     if resume is not None and weights is not None:
         raise HarrisonError("give either resume (a .solverstate) or weights (a .caffemodel), not both")
@@ -406,7 +407,7 @@ def run_solver(
     log = Path(log).absolute()
     resume = Path(resume).absolute() if resume is not None else None
     weights = Path(weights).absolute() if weights is not None else None
-    with LogWriter(log, append=resume is not None) as writer, _working_directory(solver.parent):
+    with LogWriter(log, append=resume is not None) as writer:
         sgd = SGDSolver(solver, log=writer, device=device)
         if resume is not None:
             writer.resuming(resume)
@@ -417,4 +418,4 @@ def run_solver(
     if not sgd.snapshots:
         raise HarrisonError(f"{solver}: no snapshot was written (snapshot_after_train is false); set snapshot or snapshot_after_train")
     model, state = sgd.snapshots[-1]
-    return TrainResult(weights=solver.parent / model, state=solver.parent / state, iterations=sgd.iter, log=log)
+    return TrainResult(weights=model, state=state, iterations=sgd.iter, log=log)
