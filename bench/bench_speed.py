@@ -26,6 +26,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shlex
 import sys
 import time
@@ -232,21 +233,45 @@ def vgg_weights(engine: Engine, net: Path, seed: int = 0) -> Path:
 def bench_forward(runners: dict[str, NetRunner], input_blob: str, blob: str, batch: int, rounds: int,
                   input_shape: Sequence[int]) -> dict[str, dict]:
     """Images per second of each runner's forward to ``blob``: one warm-up batch, then ``rounds`` timed
-    batches per runner, alternating between the runners."""
+    batches per runner, alternating between the runners; with the CPU time, system time and minor page
+    faults they cost (this process and its workers together: the other engine idles meanwhile)."""
     generator = np.random.default_rng(0)
     data = (generator.standard_normal((batch, *input_shape)) * 50).astype(np.float32)
     times: dict[str, list[float]] = {name: [] for name in runners}
+    used: dict[str, np.ndarray] = {name: np.zeros(3) for name in runners}
     for name, runner in runners.items():
         runner.forward({input_blob: data}, [blob])
     for _ in range(rounds):
         for name, runner in runners.items():
+            before = cpu_usage()
             began = time.perf_counter()
             runner.forward({input_blob: data}, [blob])
             times[name].append(time.perf_counter() - began)
+            used[name] += cpu_usage() - before
     return {name: {"images_per_s": batch * len(spent) / sum(spent),
                    "best_images_per_s": batch / min(spent),
+                   "cpu_s_per_image": used[name][0] / (batch * rounds),
+                   "system_s_per_image": used[name][1] / (batch * rounds),
+                   "minor_faults_per_batch": used[name][2] / rounds,
                    "seconds_per_batch": [round(t, 4) for t in spent]}
             for name, spent in times.items()}
+
+
+def cpu_usage() -> np.ndarray:
+    """(CPU seconds, system CPU seconds, minor page faults) so far of this process, its finished children
+    and its live descendants (the Caffe worker)."""
+    own, done = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = np.array([own.ru_utime + own.ru_stime + done.ru_utime + done.ru_stime,
+                      own.ru_stime + done.ru_stime, own.ru_minflt + done.ru_minflt], dtype=np.float64)
+    tick = os.sysconf("SC_CLK_TCK")
+    for child in psutil.Process().children(recursive=True):
+        try:
+            fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        minor, user, system = int(fields[7]), int(fields[11]) / tick, int(fields[12]) / tick
+        total += (user + system, system, minor)
+    return total
 
 
 def synthetic_jpegs(folder: Path, count: int, size: tuple[int, int] = (640, 640), seed: int = 0) -> list[Path]:
@@ -367,16 +392,20 @@ def display_times(log: Path, day: datetime.date) -> list[tuple[int, float]]:
 def bench_training(engine: Engine, solver: Path, iters: int, skip: int, log: Path) -> dict:
     """Start-up (call -> the display line of iteration 0, so process start, net set-up, data loading and
     the first iteration), steady iterations per second (log timestamps from iteration ``skip`` on), the
-    tail (last display -> return: the final snapshot and exit), and the wall time of the whole call."""
+    tail (last display -> return: the final snapshot and exit), the wall time of the whole call and the
+    CPU time, system time and minor page faults it cost."""
     for old in (solver.parent / "snapshots").glob("bench_iter_*"):
         old.unlink()
+    before = cpu_usage()
     began = time.time()
     engine.train(solver, log=log)
     ended = time.time()
+    used = cpu_usage() - before
     wall = ended - began
     events = display_times(log, datetime.date.fromtimestamp(began))
     steady = [(n, t) for n, t in events if n >= skip]
-    result = {"iterations": iters, "wall_s": wall, "wall_iters_per_s": iters / wall, "log": str(log)}
+    result = {"iterations": iters, "wall_s": wall, "wall_iters_per_s": iters / wall, "cpu_s": used[0],
+              "system_s": used[1], "minor_faults": used[2], "log": str(log)}
     if len(steady) >= 2:
         (first_n, first_t), (last_n, last_t) = steady[0], steady[-1]
         result["steady_iters_per_s"] = (last_n - first_n) / (last_t - first_t)
@@ -400,11 +429,18 @@ def data_batch(net_path: Path) -> int:
 
 ROWS = [
     ("forward", "images_per_s", "VGG-16 fc7 forward, batch {batch} (images/s)", "vgg16_forward"),
+    ("forward", "cpu_s_per_image", "  CPU seconds per image", None),
+    ("forward", "system_s_per_image", "  of which system (kernel) seconds", None),
+    ("forward", "minor_faults_per_batch", "  minor page faults per batch", None),
+    ("forward", "load_s", "  net load time (s)", None),
     ("extraction", "images_per_s", "VGG-16 extraction from JPEG (images/s)", None),
     ("training", "steady_iters_per_s", "classifier steady, batch {train_batch} (iterations/s)", "classifier_train"),
     ("training", "wall_iters_per_s", "classifier incl. start-up and snapshot (it/s)", None),
     ("training", "startup_s", "classifier start-up to iteration 0 (s)", None),
     ("training", "tail_s", "classifier final snapshot and exit (s)", None),
+    ("training", "cpu_s", "  CPU seconds, whole call", None),
+    ("training", "system_s", "  of which system (kernel) seconds", None),
+    ("training", "minor_faults", "  minor page faults, whole call", None),
 ]
 
 
@@ -459,7 +495,10 @@ def render(report: dict) -> str:
         cells = []
         for name in ("torch", "caffe"):
             value = values.get(name, {}).get(key)
-            cells.append(f"{value:9.2f}" if isinstance(value, (int, float)) else f"{values.get(name, {}).get('error', '-')[:9]:>9}")
+            if isinstance(value, (int, float)):
+                cells.append(f"{value:9.0f}" if abs(value) >= 1000 else f"{value:9.3g}" if abs(value) < 1 else f"{value:9.2f}")
+            else:
+                cells.append(f"{values.get(name, {}).get('error', '-')[:9]:>9}")
         factor = ratio.get(f"{section}.{key}")
         target = TARGETS.get(target_key) if target_key else None
         verdict = "" if target is None or factor is None else (" met" if factor >= target else " MISSED")
