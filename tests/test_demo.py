@@ -100,6 +100,7 @@ def test_build_dataset_generates_a_missing_demo_crawl(tmp_path, capsys):
     assert (tmp_path / "data" / "images" / "00039.jpg").exists()
     info = dataset_info(tmp_path / "run" / "dataset")
     assert info["counts"]["test"] == 5 and info["image_root"] == str(tmp_path / "data")
+    assert info["config"] == str(config)
     assert main(["build-dataset", "--config", str(config)]) == 0
     assert "current, nothing to do" in capsys.readouterr().out
     assert main(["make-demo", "--config", str(config)]) == 0

@@ -81,3 +81,36 @@ def test_vectorized_matches_a_plain_loop():
 def test_bad_input_is_a_clear_error(scores, truth, k, message):
     with pytest.raises(HarrisonError, match=message):
         evaluate(scores, truth, k=k)
+
+
+def make_dataset(folder):
+    from harrison.dataset.lists import write_split, write_vocab
+
+    folder.mkdir()
+    write_vocab(folder / "vocab.tsv", [(f"t{c}", 1) for c in range(6)])
+    write_split(folder / "test.tsv", ["a.jpg", "b.jpg", "c.jpg"], TRUTH)
+    return folder
+
+
+def test_evaluate_scores_stage_from_npy_and_h5(tmp_path, capsys):
+    import json
+
+    import h5py
+
+    from harrison.cli import main
+
+    dataset = make_dataset(tmp_path / "ds")
+    np.save(tmp_path / "s.npy", SCORES)
+    assert main(["evaluate-scores", "--scores", str(tmp_path / "s.npy"), "--dataset", str(dataset), "--k", "3", "--out", str(tmp_path / "m.json")]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx({"precision@1": 2 / 3, "recall@3": 0.5, "accuracy@3": 2 / 3})
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["images"] == 3 and saved["k"] == 3 and saved["metrics"]["recall@3"] == pytest.approx(0.5)
+
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f["scores"] = SCORES
+        f["image"] = np.array(["a.jpg", "c.jpg", "b.jpg"], dtype=h5py.string_dtype())
+    assert main(["evaluate-scores", "--scores", str(tmp_path / "s.h5"), "--dataset", str(dataset)]) == 2
+    assert "row 1 is 'c.jpg' but test.tsv has 'b.jpg'" in capsys.readouterr().err
+    np.save(tmp_path / "wide.npy", np.zeros((3, 7)))
+    assert main(["evaluate-scores", "--scores", str(tmp_path / "wide.npy"), "--dataset", str(dataset)]) == 2
+    assert "shape (3, 7)" in capsys.readouterr().err

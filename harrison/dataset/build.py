@@ -85,9 +85,11 @@ def build_dataset(
     release: str | os.PathLike | None = None,
     options: BuildOptions = BuildOptions(),
     force: bool = False,
+    config: str | os.PathLike | None = None,
 ) -> tuple[Path, bool]:
     """Build the dataset folder ``out`` from a crawl file or a release folder (exactly one).
 
+    ``config`` (the run config the settings came from) is recorded in the manifest.
     Returns the folder and whether it was built (False: its manifest was current, nothing done).
     """
     if (crawl is None) == (release is None):
@@ -102,7 +104,7 @@ def build_dataset(
     options.check()
     bad = BadRecords(options.skip_bad)
     collected = _from_crawl(input_path, options, bad) if crawl is not None else _from_release(input_path, bad)
-    _finish(out, collected, options, settings, bad)
+    _finish(out, collected, options, settings, bad, None if config is None else str(Path(config).resolve()))
     return out, True
 
 
@@ -149,7 +151,7 @@ def _from_release(folder: Path, bad: BadRecords) -> Collected:
     return Collected(images, labels, classes, inputs, details, counts.tolist(), rerank=False)
 
 
-def _finish(out: Path, data: Collected, options: BuildOptions, settings: dict[str, Any], bad: BadRecords) -> None:
+def _finish(out: Path, data: Collected, options: BuildOptions, settings: dict[str, Any], bad: BadRecords, config: str | None) -> None:
     keep = [i for i, ids in enumerate(data.labels) if options.min_tags <= len(ids) <= options.max_tags and ids]
     dropped = {
         "no_tags": sum(1 for ids in data.labels if not ids or len(ids) < options.min_tags),
@@ -202,6 +204,7 @@ def _finish(out: Path, data: Collected, options: BuildOptions, settings: dict[st
         settings=settings,
         extra={
             "image_root": settings["image_root"],
+            "config": config,
             "num_classes": len(classes),
             "seed": options.seed,
             "counts": {k: record[k] for k in ("images", "train", "test", "classes", "tag_assignments")},

@@ -38,7 +38,7 @@ def tag_frequency_figure(tags: Sequence[str], counts: Sequence[int], path: str |
     top.set_title(f"The {shown} most frequent hashtags")
     curve.plot(range(1, len(counts) + 1), counts, color="#4c72b0")
     curve.set_yscale("log")
-    curve.set_xlabel("class id + 1 (rank by frequency)")
+    curve.set_xlabel("hashtag rank by frequency")
     curve.set_ylabel("images (log)")
     return _save(fig, path)
 

@@ -65,11 +65,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"harrison build-dataset: {crawl} is missing; generating the demo data", flush=True)
                 make_demo(crawl.parent, images=int(demo["images"]), seed=int(demo["seed"]))
             image_root = config.resolve(section.get("image_root", crawl.parent))
-            out, built = build_dataset(out, image_root=image_root, crawl=crawl, options=options, force=args.force)
+            out, built = build_dataset(out, image_root=image_root, crawl=crawl, options=options, force=args.force, config=config.path)
         elif source == "release":
             release = config.resolve(config.section("dataset", "release"))
             image_root = config.resolve(section.get("image_root", release))
-            out, built = build_dataset(out, image_root=image_root, release=release, options=options, force=args.force)
+            out, built = build_dataset(out, image_root=image_root, release=release, options=options, force=args.force, config=config.path)
         else:
             raise HarrisonError(f"{config.path}: dataset.source is {source!r}; use crawl or release")
     info = dataset_info(out)
