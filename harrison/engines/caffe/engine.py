@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -144,7 +145,7 @@ class CaffeEngine(Engine):
         finally:
             _stop(process)
         if code != 0:
-            raise HarrisonError(f"caffe train -solver {solver} failed (exit {code}); see {log}:\n" + "\n".join(list(tail)[-8:]))
+            raise HarrisonError(f"caffe train -solver {solver} failed (exit {code}); see {log}:\n" + _last_lines("\n".join(tail)))
         suffix = ".h5" if param.snapshot_format == caffe_pb2.SolverParameter.HDF5 else ""
         final = Path(f"{prefix}_iter_{param.max_iter}.caffemodel{suffix}")
         state = Path(f"{prefix}_iter_{param.max_iter}.solverstate{suffix}")
@@ -279,8 +280,10 @@ def _existing(path: str | os.PathLike | None, what: str) -> Path:
 
 
 def _last_lines(text: str, count: int = 8) -> str:
+    """Caffe's error and fatal glog lines in ``text`` (the reason it stopped), else its last ``count`` lines."""
     lines = [line for line in text.splitlines() if line.strip()]
-    return "\n".join(lines[-count:]) or "(no output)"
+    errors = [line for line in lines if re.match(r"[EF]\d{4} ", line)]
+    return "\n".join((errors or lines)[-count:]) or "(no output)"
 
 
 def _stop(process: subprocess.Popen) -> None:

@@ -140,10 +140,13 @@ def _check_runs(install: CaffeInstall) -> str:
 
 
 def _from_root(root: Path, kind: str) -> CaffeInstall:
+    named = f"HARRISON_CAFFE_ROOT={root}: " if kind == "root" else ""
     if not root.is_dir():
-        raise HarrisonError(f"no Caffe root at {root}; {INSTALL_HINT}")
+        raise HarrisonError(f"{named}no Caffe root at {root}; run scripts/install_caffe.sh {root}"
+                            + (" or unset HARRISON_CAFFE_ROOT" if named else ""))
     if not root_is_complete(root):
-        raise HarrisonError(f"the Caffe root {root} is incomplete (an interrupted install?); rerun scripts/install_caffe.sh {root}")
+        raise HarrisonError(f"{named}the Caffe root {root} is incomplete (an interrupted install?); "
+                            f"rerun scripts/install_caffe.sh {root}")
     if shutil.which("bwrap") is None:
         raise HarrisonError(f"bubblewrap (bwrap) is needed to run the Caffe root {root}; apt-get install bubblewrap")
     return CaffeInstall(kind, str(root), root=root)

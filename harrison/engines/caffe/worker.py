@@ -111,11 +111,13 @@ def init(caffe, net_path, out, seed):
 
 
 def blas_library():
-    """The BLAS shared library mapped into this process (resolved through Debian's alternatives)."""
+    """The BLAS implementation mapped into this process (OpenBLAS, MKL, ATLAS; else the generic libblas)."""
     with open("/proc/self/maps") as maps:
-        paths = {line.split()[-1] for line in maps if "/" in line}
-    found = sorted(os.path.realpath(p) for p in paths if any(k in os.path.basename(p).lower() for k in ("blas", "mkl", "atlas")))
-    return ", ".join(found) or "unknown"
+        names = {os.path.realpath(line.split()[-1]) for line in maps if "/" in line}
+    libraries = sorted(p for p in names if os.path.basename(p).startswith("lib")
+                       and any(k in os.path.basename(p).lower() for k in ("blas", "mkl", "atlas")))
+    specific = [p for p in libraries if not os.path.basename(p).startswith(("libblas.", "libcblas."))]
+    return ", ".join(specific or libraries) or "unknown"
 
 
 def info(caffe, gpu):
