@@ -127,6 +127,8 @@ class Convolution(Layer):
         if min(self.kernel) <= 0:
             raise self.error("kernel_size (or kernel_h and kernel_w) must be positive")
         self.stride = _two(p.stride, p.HasField("stride_h") or p.HasField("stride_w"), p.stride_h, p.stride_w, 1, "stride", self)
+        if min(self.stride) <= 0:
+            raise self.error("the stride must be positive (set stride, or both stride_h and stride_w)")
         self.pad = _two(p.pad, p.HasField("pad_h") or p.HasField("pad_w"), p.pad_h, p.pad_w, 0, "pad", self)
         self.dilation = _two(p.dilation, False, 0, 0, 1, "dilation", self)
         self.group = p.group
@@ -184,23 +186,31 @@ class Pooling(Layer):
             raise self.error(f"pools N x C x H x W blobs, the bottom is {bottom_shapes[0]}")
         self.ceil = caffe_pb2.PoolingParameter.RoundMode.Name(p.round_mode) == "CEIL"
         self.global_pooling = p.global_pooling
-        has_hw = p.HasField("kernel_h") or p.HasField("kernel_w")
         if self.global_pooling:
-            if p.HasField("kernel_size") or has_hw:
+            if p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w"):
                 raise self.error("with global_pooling the kernel size is the bottom's; remove kernel_size")
         else:
-            if has_hw == p.HasField("kernel_size"):
-                raise self.error("set kernel_size, or kernel_h and kernel_w (one of the two)")
-            self.kernel = (p.kernel_h, p.kernel_w) if has_hw else (p.kernel_size, p.kernel_size)
+            if not (p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w")):
+                raise self.error("set kernel_size, or kernel_h and kernel_w")
+            self.kernel = self._pair(p, "kernel_size", "kernel")
             if min(self.kernel) <= 0:
                 raise self.error("the kernel must be positive")
-        self.pad = (p.pad_h, p.pad_w) if (p.HasField("pad_h") or p.HasField("pad_w")) else (p.pad, p.pad)
-        self.stride = (p.stride_h, p.stride_w) if (p.HasField("stride_h") or p.HasField("stride_w")) else (p.stride, p.stride)
+        self.pad = self._pair(p, "pad", "pad")
+        self.stride = self._pair(p, "stride", "stride")
         if self.global_pooling and (self.pad != (0, 0) or self.stride != (1, 1)):
             raise self.error("global_pooling takes pad 0 and stride 1")
         if not self.global_pooling and (self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]):
             raise self.error(f"pad {self.pad} must be smaller than the kernel {self.kernel}")
         return []
+
+    def _pair(self, p: caffe_pb2.PoolingParameter, field: str, stem: str) -> tuple[int, int]:
+        """One value for both axes, or both of the _h and _w fields (Caffe refuses other mixes)."""
+        h_set, w_set = p.HasField(f"{stem}_h"), p.HasField(f"{stem}_w")
+        if not (h_set or w_set):
+            return getattr(p, field), getattr(p, field)
+        if not (h_set and w_set) or p.HasField(field):
+            raise self.error(f"set {field}, or both {stem}_h and {stem}_w")
+        return getattr(p, f"{stem}_h"), getattr(p, f"{stem}_w")
 
     def forward(self, bottoms, params):
         x = bottoms[0]
