@@ -130,3 +130,21 @@ def test_cli_reports_the_error_with_status_2(tmp_path, capsys):
     assert ":3: malformed JSON" in capsys.readouterr().err
     assert main(["build-dataset", "--crawl", str(crawl), "--out", str(tmp_path / "ds"), "--skip-bad", "--test-size", "1"]) == 0
     assert "skipped records: 1" in capsys.readouterr().out
+
+
+def test_interrupted_build_leaves_the_old_dataset_and_no_temporary_folder(tmp_path, monkeypatch):
+    from harrison.dataset import figures
+
+    crawl = crawl_with(tmp_path, json.dumps({"image": "x.jpg", "tags": ["a"]}))
+    out, _ = build_dataset(tmp_path / "ds", image_root=tmp_path, crawl=crawl, options=BuildOptions(test_size=1))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(figures, "tag_frequency_figure", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(out, image_root=tmp_path, crawl=crawl, options=BuildOptions(test_size=2))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crawl.jsonl", "ds"]
+    assert dataset_info(out)["counts"]["test"] == 1
