@@ -91,20 +91,20 @@ def interrupted_extraction_resumes(workdir: Path, tmp: Path, engine_name: str) -
     """SIGTERM an extraction once a batch is done; the rerun resumes and equals the uninterrupted file."""
     second = copy_inputs(workdir, tmp / "interrupted")
     command = [sys.executable, "-m", "harrison.cli", "extract", "--workdir", str(second), "--engine", engine_name,
-               "--feature", "object", "--split", "train", "--batch-size", "32"]
+               "--feature", "object", "--split", "test", "--batch-size", "32"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
     seen = ""
     while (char := process.stderr.read(1)):
         seen += char
-        if re.search(r"\b(6[4-9]|[7-9]\d|[1-5]\d\d)/\d+ ", seen):
+        if re.search(r"\b(3[2-9]|[4-9]\d)/100 ", seen):
             process.send_signal(signal.SIGTERM)
             break
     seen += process.stderr.read()
     assert process.wait(timeout=120) == 130, seen
-    partial = second / "features" / "object" / "train.h5.partial"
+    partial = second / "features" / "object" / "test.h5.partial"
     assert partial.exists() and not partial.with_suffix("").exists()
-    harrison("extract", "--workdir", str(second), "--engine", engine_name, "--feature", "object", "--split", "train")
-    with h5py.File(workdir / "features" / "object" / "train.h5", "r") as a, h5py.File(second / "features" / "object" / "train.h5", "r") as b:
+    harrison("extract", "--workdir", str(second), "--engine", engine_name, "--feature", "object", "--split", "test")
+    with h5py.File(workdir / "features" / "object" / "test.h5", "r") as a, h5py.File(second / "features" / "object" / "test.h5", "r") as b:
         assert np.array_equal(a["features"][:], b["features"][:])
         assert list(a["image"][:]) == list(b["image"][:])
 
