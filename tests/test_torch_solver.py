@@ -179,3 +179,17 @@ def test_divergence_names_the_iteration_and_keeps_snapshots(tmp_path):
         run_solver(solver, log=tmp_path / "train.log", progress=False)
     assert "toy_iter_2.caffemodel" in str(info.value)
     assert (tmp_path / "snapshots/toy_iter_2.caffemodel").exists()
+
+
+def test_blobs_with_lr_mult_zero_stay_frozen(tmp_path):
+    sgd = _solver(tmp_path, momentum=0.9, weight_decay=0.01, clip_gradients=1.0)
+    sgd.learnable[0].lr_mult = 0
+    before = [item.param.detach().clone() for item in sgd.learnable]
+    for item in sgd.learnable:
+        item.param.grad = torch.full_like(item.param, 0.1)
+    sgd.apply_update(sgd._grads(), 0.1)
+    assert torch.equal(sgd.learnable[0].param, before[0])
+    assert all(not torch.equal(item.param, old) for item, old in zip(sgd.learnable[1:], before[1:]))
+    # the frozen blob's diff is left out of the clipping norm, as Caffe computes no diff for it
+    norm = math.sqrt(sum(0.01 * item.param.numel() for item in sgd.learnable[1:]))
+    np.testing.assert_allclose(sgd.history()[1].numpy(), 0.1 * 2 * 0.1 * min(1.0, 1.0 / norm), rtol=1e-5)

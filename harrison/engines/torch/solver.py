@@ -121,13 +121,12 @@ def _net_params(param: caffe_pb2.SolverParameter, path: Path) -> tuple[caffe_pb2
     return train, tests
 
 
-def _build(net_param: caffe_pb2.NetParameter, phase: int, override: caffe_pb2.NetState | None, device: torch.device,
+def _build(net_param: caffe_pb2.NetParameter, phase: int, override: caffe_pb2.NetState, device: torch.device,
            seed: int, root: Path) -> TorchNet:
     """A net in the NetState Caffe composes: the phase, then the net's own state, then the solver's."""
     state = caffe_pb2.NetState(phase=phase)
     state.MergeFrom(net_param.state)
-    if override is not None:
-        state.MergeFrom(override)
+    state.MergeFrom(override)
     phase_name = caffe_pb2.Phase.Name(state.phase)
     return TorchNet(net_param, phase_name, device, stages=tuple(state.stage), level=state.level, seed=seed, root=root)
 
@@ -152,18 +151,17 @@ class SGDSolver:
             raise HarrisonError(f"{self.path}: cannot write snapshots to prefix {self.prefix!r}: its folder does not exist; create it")
         self.seed = self.param.random_seed if self.param.random_seed >= 0 else secrets.randbits(31)
         train, tests = _net_params(self.param, self.path)
-        self.net = _build(train, caffe_pb2.TRAIN, self.param.train_state if self.param.HasField("train_state") else None,
-                          self.device, self.seed, self.root)
+        self.net = _build(train, caffe_pb2.TRAIN, self.param.train_state, self.device, self.seed, self.root)
         self.test_nets = [
-            _build(test, caffe_pb2.TEST, self.param.test_state[i] if self.param.test_state else None, self.device,
-                   self.seed, self.root)
+            _build(test, caffe_pb2.TEST, self.param.test_state[i] if self.param.test_state else caffe_pb2.NetState(),
+                   self.device, self.seed, self.root)
             for i, test in enumerate(tests)
         ]
         self.iter = 0
         self.current_step = 0
         self.learnable = list(self.net.learnable)
         self._buffers = [torch.zeros_like(item.param) for item in self.learnable]
-        self._scales = [1.0] * len(self.learnable)  # history = scale * buffer
+        self._scales = [0.0] * len(self.learnable)  # history = scale * buffer; 0 while the history is all zeros
         self._losses: list[np.float32] = []
         self._smoothed = np.float32(0)
         self.snapshots: list[tuple[Path, Path]] = []
@@ -280,40 +278,44 @@ class SGDSolver:
         loss.backward()
         return float(loss.detach()), blobs
 
-    def _grads(self) -> list[torch.Tensor]:
-        grads = []
+    def _grads(self) -> list[torch.Tensor | None]:
+        """Each learnable blob's diff; None where lr_mult is 0 (Caffe computes no diff for those)."""
+        grads: list[torch.Tensor | None] = []
         for item in self.learnable:
-            if item.param.grad is None:
+            if item.lr_mult and item.param.grad is None:  # a blob the loss does not reach
                 item.param.grad = torch.zeros_like(item.param)
-            grads.append(item.param.grad)
+            grads.append(item.param.grad if item.lr_mult else None)
         return grads
 
     @torch.no_grad()
-    def apply_update(self, grads: Sequence[torch.Tensor], rate: float) -> None:
+    def apply_update(self, grads: Sequence[torch.Tensor | None], rate: float) -> None:
         """SGDSolver::ApplyUpdate after the rate: clip, normalize, regularize, momentum history, w -= history."""
         param = self.param
-        if param.clip_gradients >= 0:
-            norm = math.sqrt(sum(float(n) ** 2 for n in torch._foreach_norm(list(grads))))
+        present = [grad for grad in grads if grad is not None]
+        if param.clip_gradients >= 0 and present:
+            norm = math.sqrt(sum(float(n) ** 2 for n in torch._foreach_norm(present)))
             if norm > param.clip_gradients:
                 scale = param.clip_gradients / norm
                 self.log.clipping(norm, param.clip_gradients, scale)
-                torch._foreach_mul_(list(grads), scale)
+                torch._foreach_mul_(present, scale)
         momentum = float(np.float32(param.momentum))
         for index, (item, grad) in enumerate(zip(self.learnable, grads)):
+            local_rate = float(np.float32(rate) * np.float32(item.lr_mult))
+            buffer = self._buffers[index]
+            if grad is None or local_rate == 0.0:  # history = momentum * history; w -= history
+                if self._scales[index]:
+                    buffer.mul_(momentum)
+                    item.param.sub_(buffer, alpha=self._scales[index])
+                continue
             if param.iter_size > 1:
                 grad.mul_(float(np.float32(1) / np.float32(param.iter_size)))
             decay = float(np.float32(param.weight_decay) * np.float32(item.decay_mult))
-            local_rate = float(np.float32(rate) * np.float32(item.lr_mult))
-            buffer = self._buffers[index]
-            if local_rate == 0.0:  # history = momentum * history; w -= history
-                buffer.mul_(momentum)
-                item.param.sub_(buffer, alpha=self._scales[index])
-                continue
             if decay and param.regularization_type == "L1":
                 grad.add_(torch.sign(item.param), alpha=decay)
                 decay = 0.0
             if self._scales[index] != local_rate:
-                buffer.mul_(self._scales[index] / local_rate)
+                if self._scales[index]:
+                    buffer.mul_(self._scales[index] / local_rate)
                 self._scales[index] = local_rate
             torch._fused_sgd_([item.param], [grad], [buffer], weight_decay=decay, momentum=momentum, lr=local_rate,
                               dampening=0.0, nesterov=False, maximize=False, is_first_step=False)
