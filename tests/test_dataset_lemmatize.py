@@ -75,3 +75,17 @@ def test_missing_wordnet_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_ensure_wordnet_finds_it():
     assert (Path(wordnet.ensure_wordnet()) / "index.noun").exists() or str(wordnet.ensure_wordnet()).endswith(".zip")
+
+
+@pytest.mark.skipif(not (wordnet.DEBIAN_WORDNET / "index.sense").exists(), reason="Debian's wordnet-base/wordnet-sense-index are not installed")
+def test_a_broken_project_copy_is_rebuilt(tmp_path, monkeypatch):
+    import nltk
+
+    monkeypatch.setenv("HARRISON_NLTK_DATA", str(tmp_path))
+    monkeypatch.setattr(nltk.data, "path", [])  # only the project folder
+    broken = tmp_path / "corpora" / "wordnet"
+    broken.mkdir(parents=True)
+    (broken / "index.noun").write_text("")
+    assert wordnet.ensure_wordnet() == broken
+    assert (broken / "lexnames").read_text() == wordnet.lexnames_text()
+    assert (broken / "index.noun").stat().st_size > 1_000_000

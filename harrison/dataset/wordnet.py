@@ -96,7 +96,7 @@ def build_from_debian(source: Path = DEBIAN_WORDNET, data_dir: Path | None = Non
 def ensure_wordnet() -> Path:
     """WordNet usable by NLTK: found, or built from Debian's files; its folder. Raises HarrisonError otherwise."""
     found = find_wordnet()
-    if found is not None:
+    if found is not None and not _incomplete_project_copy(found):
         return found
     if not DEBIAN_WORDNET.is_dir():
         raise HarrisonError(f"NLTK has no WordNet and {DEBIAN_WORDNET} does not exist; {INSTALL_HINT}")
@@ -105,6 +105,13 @@ def ensure_wordnet() -> Path:
     if found is None:
         raise HarrisonError(f"built {project_data_dir()} but NLTK still finds no WordNet; {INSTALL_HINT}")
     return found
+
+
+def _incomplete_project_copy(found: Path) -> bool:
+    """True when ``found`` is the project's own copy and a file of it is missing (an older or broken set-up)."""
+    if found.resolve() != (project_data_dir() / "corpora" / "wordnet").resolve():
+        return False
+    return any(not (found / name).is_file() for name in REQUIRED + ("lexnames",))
 
 
 if __name__ == "__main__":
