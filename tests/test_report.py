@@ -171,8 +171,8 @@ def test_report_renders_in_chromium(tmp_path, chromium):
     with Image.open(shot) as image:
         pixels = np.asarray(image.convert("RGB"))
     assert pixels.shape[:2] == (5000, 1200)
-    # the eleven 160 x 120 magenta thumbnails loaded (a broken image shows a small icon instead)
-    assert _near(pixels, MAGENTA) >= 0.95 * 11 * 160 * 120
+    # the eleven magenta thumbnails loaded, shown 200 x 150 (a broken image shows a small icon instead)
+    assert _near(pixels, MAGENTA) >= 0.95 * 11 * 200 * 150
     # the loss chart (matplotlib's first line colour) and the bar charts (dataset, per tag) loaded
     assert _near(pixels, (31, 119, 180), 20) > 500
     assert _near(pixels, (76, 114, 176), 10) > 20000

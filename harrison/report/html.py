@@ -29,12 +29,12 @@ thead th { background: #f0f0f0; }
 img.figure { max-width: 100%; border: 1px solid #eee; }
 .gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(250px, 1fr)); gap: 1em; }
 .card { border: 1px solid #ddd; border-radius: 6px; padding: 0.6em; background: #fafafa; }
-.card img { display: block; margin: 0 auto 0.5em; max-width: 240px; max-height: 240px; }
+.card img { display: block; margin: 0 auto 0.5em; width: 200px; height: 200px; object-fit: contain; }
 .card .path { font-size: 0.75em; color: #666; word-break: break-all; }
 .card ol { margin: 0.3em 0; padding-left: 1.6em; }
 .tag { display: inline-block; padding: 0 0.35em; margin: 0.1em; border-radius: 3px; background: #eee; }
 .hit { background: #c6f0c2; font-weight: bold; }
-.missing { background: #f4f4f4; color: #888; text-align: center; padding: 3em 0; }
+.missing { background: #f4f4f4; color: #888; text-align: center; height: 200px; line-height: 200px; margin-bottom: 0.5em; }
 </style>
 </head>
 <body>
