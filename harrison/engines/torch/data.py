@@ -158,6 +158,20 @@ class HDF5Data(DataLayer):
         self._advance(batches * self.batch_size, with_data=False)
 
 
+_LMDB_ENVIRONMENTS: dict[Path, "lmdb.Environment"] = {}
+
+
+def _open_lmdb(path: Path) -> "lmdb.Environment":
+    """One read-only environment per database for the process (py-lmdb refuses to open one twice,
+    and a TRAIN and a TEST net often read the same database)."""
+    import lmdb
+
+    path = path.resolve()
+    if path not in _LMDB_ENVIRONMENTS:
+        _LMDB_ENVIRONMENTS[path] = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True)
+    return _LMDB_ENVIRONMENTS[path]
+
+
 class Data(DataLayer):
     """Datum records from an LMDB (convert_imageset's layout), transformed as Caffe's DataTransformer.
 
@@ -183,7 +197,7 @@ class Data(DataLayer):
             raise self.error("data_param.batch_size must be positive")
         self.batch_size = p.batch_size
         try:
-            self.env = lmdb.open(str(self.resolve(p.source)), readonly=True, lock=False, readahead=False, subdir=True)
+            self.env = _open_lmdb(self.resolve(p.source))
         except lmdb.Error as exc:
             raise self.error(f"cannot open the LMDB {p.source!r} ({exc}); relative paths resolve against {self.root}") from exc
         self.txn = self.env.begin(buffers=False)
