@@ -55,7 +55,7 @@ def test_cleaning_counting_and_class_ids(tmp_path):
     assert stats["images"] == 3 and stats["tag_assignments"] == 9
     assert stats["duplicate_images"] == 1 and stats["posts_read"] == 5
     assert stats["rejected_non_alphabetic"] == 4 and stats["repeats_dropped"] == 2
-    assert stats["dropped_posts"] == {"no_tags": 1, "too_many_tags": 0}
+    assert stats["dropped_posts"] == {"too_few_tags": 1, "too_many_tags": 0}
     assert stats["tags_per_image"] == {"mean": 3.0, "min": 2, "max": 4, "histogram": {"2": 1, "3": 1, "4": 1}}
     info = dataset_info(out)
     assert info["num_classes"] == 5 and info["image_root"] == str(tmp_path.resolve())
@@ -84,7 +84,7 @@ def test_top_n_then_bounds_then_ranks_of_the_kept_posts(tmp_path):
     assert vocab == [(0, "c", 2), (1, "a", 1), (2, "b", 1)]
     assert labels_by_image(out, vocab) == {"4.jpg": ["c"], "5.jpg": ["c"], "6.jpg": ["b"], "7.jpg": ["a"]}
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["dropped_posts"] == {"no_tags": 1, "too_many_tags": 3}
+    assert stats["dropped_posts"] == {"too_few_tags": 1, "too_many_tags": 3}
     assert stats["distinct_tags"] == 4
     assert stats["coverage"]["top_1000"] == 1.0
 

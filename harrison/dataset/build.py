@@ -25,6 +25,7 @@ from harrison.dataset import figures, lists, stats
 from harrison.dataset.crawl import read_crawl
 from harrison.dataset.folders import building_folder
 from harrison.dataset.lemmatize import TagCleaner
+from harrison.dataset.release import FILES as RELEASE_FILES
 from harrison.dataset.release import read_release
 from harrison.dataset.skips import BadRecords
 from harrison.errors import HarrisonError
@@ -94,14 +95,14 @@ def build_dataset(
     """
     if (crawl is None) == (release is None):
         raise HarrisonError("give either a crawl file or a release folder")
+    options.check()
     out = Path(out).resolve()
     source = "crawl" if crawl is not None else "release"
     input_path = Path(crawl if crawl is not None else release).resolve()
-    inputs = [input_path] if crawl is not None else [input_path / name for name in ("data_list.txt", "tag_list.txt", "vocab_index.txt")]
+    inputs = [input_path] if crawl is not None else [input_path / name for name in RELEASE_FILES]
     settings = {"source": source, "input": str(input_path), "image_root": str(Path(image_root).resolve()), **asdict(options)}
     if not force and is_current(out, inputs=inputs, settings=settings):
         return out, False
-    options.check()
     bad = BadRecords(options.skip_bad)
     collected = _from_crawl(input_path, options, bad) if crawl is not None else _from_release(input_path, bad)
     _finish(out, collected, options, settings, bad, None if config is None else str(Path(config).resolve()))
@@ -154,7 +155,7 @@ def _from_release(folder: Path, bad: BadRecords) -> Collected:
 def _finish(out: Path, data: Collected, options: BuildOptions, settings: dict[str, Any], bad: BadRecords, config: str | None) -> None:
     keep = [i for i, ids in enumerate(data.labels) if options.min_tags <= len(ids) <= options.max_tags and ids]
     dropped = {
-        "no_tags": sum(1 for ids in data.labels if not ids or len(ids) < options.min_tags),
+        "too_few_tags": sum(1 for ids in data.labels if not ids or len(ids) < options.min_tags),
         "too_many_tags": sum(1 for ids in data.labels if len(ids) > options.max_tags),
     }
     images = [data.images[i] for i in keep]
