@@ -54,7 +54,8 @@ class TorchNetRunner(NetRunner):
         with torch.inference_mode():
             tensors = {name: torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)) for name, array in inputs.items()}
             blobs = self.net.forward(tensors, outputs)
-            return {name: blobs[name].cpu().numpy().copy() for name in outputs}
+            # pycaffe hands a scalar (0-axis) blob such as a loss out with shape (1,); so does this runner
+            return {name: np.atleast_1d(blobs[name].cpu().numpy()).copy() for name in outputs}
 
 
 class TorchEngine(Engine):
