@@ -33,6 +33,7 @@ _SOURCES = {
     "multistep": "sgd_solver.cpp:50",
     "clip": "sgd_solver.cpp:99",
     "testing": "solver.cpp:347",
+    "test_loss": "solver.cpp:401",
     "test_output": "solver.cpp:414",
     "snapshot_model": "solver.cpp:464",
     "snapshot_state": "sgd_solver.cpp:284",
@@ -109,6 +110,10 @@ class LogWriter:
 
     def testing(self, iteration: int, net_index: int = 0) -> None:
         self.line(_SOURCES["testing"], f"Iteration {iteration}, Testing net (#{net_index})")
+
+    def test_loss(self, loss: float) -> None:
+        """The mean test loss, printed when the solver sets test_compute_loss."""
+        self.line(_SOURCES["test_loss"], f"Test loss: {cfloat(loss)}")
 
     def snapshot_model(self, path: str | os.PathLike) -> None:
         self.line(_SOURCES["snapshot_model"], f"Snapshotting to binary proto file {path}")

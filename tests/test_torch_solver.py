@@ -133,7 +133,8 @@ def test_iter_size_equals_the_larger_batch(tmp_path):
 
 
 def test_snapshots_are_named_and_filled_as_caffe_does(tmp_path):
-    result = run_solver(write_setup(tmp_path, max_iter=10, snapshot=4, lr_policy='"multistep"', stepvalue=[3, 6]),
+    result = run_solver(write_setup(tmp_path, max_iter=10, snapshot=4, lr_policy='"multistep"', stepvalue=[3, 6],
+                                    test_compute_loss="true"),
                         log=tmp_path / "train.log", progress=False)
     names = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
     assert names == [f"toy_iter_{n}.{ext}" for n in (10, 4, 8) for ext in ("caffemodel", "solverstate")]
@@ -146,7 +147,9 @@ def test_snapshots_are_named_and_filled_as_caffe_does(tmp_path):
     assert log.done and [s.path for s in log.snapshots][-2:] == [str(result.weights), str(result.state)]
     assert log.final_loss is not None and log.final_loss.iteration == 10
     assert sorted({row.iteration for row in log.test}) == [0]  # test_interval 50 > max_iter
-    assert "MultiStep Status: Iteration 3, step = 1" in result.log.read_text()
+    text = result.log.read_text()
+    assert "MultiStep Status: Iteration 3, step = 1" in text
+    assert f"Test loss: {caffelog.cfloat(log.test_values('loss')[0])}" in text
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):

@@ -257,14 +257,20 @@ class SGDSolver:
             self.log.testing(self.iter, index)
             net.share_weights(self.net)
             totals: list[tuple[str, torch.Tensor, float]] = []
+            loss = np.float32(0)
             with torch.no_grad():
                 for batch in range(batches):
-                    outputs = self._outputs(net, net.forward())
+                    blobs = net.forward()
+                    if self.param.test_compute_loss:
+                        loss += np.float32(net.loss(blobs))
+                    outputs = self._outputs(net, blobs)
                     if batch == 0:
                         totals = [(name, values.to(torch.float32).clone(), weight) for name, values, weight in outputs]
                     else:
                         for (_, total, _), (_, values, _) in zip(totals, outputs):
                             total += values
+            if self.param.test_compute_loss:
+                self.log.test_loss(loss / np.float32(batches))
             position = 0
             for name, total, weight in totals:
                 for value in (total / np.float32(batches)).tolist():
