@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     explicit.add_argument("--crawl", type=Path, help="raw crawl, JSON Lines: {\"image\": ..., \"tags\": [...] or \"caption\": ...}")
     explicit.add_argument("--image-root", type=Path, help="folder the image paths are relative to (default: the input's folder)")
     explicit.add_argument("--release", type=Path, help="folder with the release's data_list.txt, tag_list.txt, vocab_index.txt")
-    explicit.add_argument("--out", type=Path, help="dataset folder to write (required with explicit inputs)")
+    explicit.add_argument("--out", type=Path, help="dataset folder to write (required with explicit inputs; with a config: <workdir>/dataset)")
     options = parser.add_argument_group("options (override the config or the paper's defaults)")
     options.add_argument("--top-n", type=int, help="keep the N most frequent tags (paper: 1000)")
     options.add_argument("--min-tags", type=int, help="drop posts with fewer tags left (paper: 1)")
