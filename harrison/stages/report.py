@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from harrison.config import add_config_arguments, config_from_args
+from harrison.config import Config, add_config_arguments, config_from_args
 from harrison.dataset.folders import building_folder
 from harrison.errors import HarrisonError
 from harrison.files import read_json, write_text
@@ -39,11 +39,23 @@ def run(args: argparse.Namespace) -> int:
     models = list(config.section("models"))
     if args.model is not None and args.model not in models:
         raise HarrisonError(f"--model {args.model!r}: {config.path} defines {', '.join(models)}")
-    k = int(config.section("evaluate", "k"))
-    labels = {model: row.get("label", model) for model, row in load_paper()["rows"].items()}
     evaluated = [m for m in models if (workdir / "eval" / m / "scores.h5").exists()]
     model = args.model or (evaluated[-1] if evaluated else None)
     out = workdir / "results" / "report"
+    try:
+        _write(out, config, model, args)
+    except OSError as exc:
+        raise HarrisonError(f"cannot write the report in {out.parent}: {exc.strerror} ({exc.filename2 or exc.filename}); free some space or "
+                            "choose a writable --workdir; the previous report, if any, is intact") from None
+    print(out / "index.html")
+    return 0
+
+
+def _write(out: Path, config: Config, model: str | None, args: argparse.Namespace) -> None:
+    """Build the report folder beside ``out`` and rename it into place; ``model`` fills the gallery and tag table."""
+    workdir, models = config.workdir, list(config.section("models"))
+    k = int(config.section("evaluate", "k"))
+    labels = {name: row.get("label", name) for name, row in load_paper()["rows"].items()}
     with building_folder(out) as tmp:
         sections = [html.table_section(collect.read_table(workdir, models))]
         curves = collect.read_losses(workdir, models)
@@ -65,8 +77,6 @@ def run(args: argparse.Namespace) -> int:
         written = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         meta = f"run '{config['name']}' in {workdir}; config {config.path}; {_engines(workdir, models)}written {written}"
         write_text(tmp / "index.html", html.page(f"HARRISON hashtag recommendation: {config['name']}", meta, sections))
-    print(out / "index.html")
-    return 0
 
 
 def _gallery(scored: collect.Scored, workdir: Path, folder: Path, count: int, k: int) -> list:
