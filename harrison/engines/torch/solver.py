@@ -13,6 +13,7 @@ buffer is rescaled whenever the local rate changes, so the .solverstate holds Ca
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import secrets
@@ -73,6 +74,23 @@ def snapshot_prefix(param: caffe_pb2.SolverParameter, solver_path: str | os.Path
     if ((root or Path.cwd()) / param.snapshot_prefix).is_dir():
         return str(Path(param.snapshot_prefix) / Path(solver_path).stem)
     return param.snapshot_prefix
+
+
+def _keep_freed_memory() -> None:
+    """Have glibc keep freed memory for reuse instead of returning large blocks to the system.
+
+    Every backward pass allocates fresh gradient tensors (216 MB for the paper's classifier); by default
+    each is a new mmap, so every page faults again on every iteration (about 50,000 faults, ~100 ms of
+    CPU per iteration on 2 cores). Without mmap and with a high trim threshold the heap is reused.
+    Other C libraries are left alone.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_max = -1, -4
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, (1 << 31) - 1)
 
 
 def _check(param: caffe_pb2.SolverParameter, path: Path) -> None:
@@ -146,6 +164,8 @@ class SGDSolver:
         _check(self.param, self.path)
         self.log = log
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            _keep_freed_memory()
         self.prefix = snapshot_prefix(self.param, self.path, self.root)
         if (self.param.snapshot or self.param.snapshot_after_train) and not (self.root / self.prefix).parent.is_dir():
             raise HarrisonError(f"{self.path}: cannot write snapshots to prefix {self.prefix!r}: its folder does not exist; create it")
@@ -378,7 +398,7 @@ class SGDSolver:
         param = self.param
         self.log.solving(self.net.name, param.lr_policy)
         start_iter = self.iter
-        with tqdm(total=param.max_iter, initial=self.iter, desc="train", unit="it", disable=not progress or None) as bar:
+        with tqdm(total=param.max_iter, initial=self.iter, desc="train", unit="it", disable=None if progress else True) as bar:
             self.step(param.max_iter - self.iter, bar)
         if param.snapshot_after_train and (not param.snapshot or self.iter % param.snapshot != 0):
             self.snapshot()
