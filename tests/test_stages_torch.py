@@ -1,0 +1,30 @@
+"""The demo stage chain with the torch engine: extraction of both demo nets, training of the three classifiers,
+evaluation to a three-row Table 1, and an interrupted extraction that resumes to the same file."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harrison.engines import get_engine
+from test_stages_caffe import check_chain, interrupted_extraction_resumes, run_chain
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    engine, _ = get_engine("torch")
+    workdir = tmp_path_factory.mktemp("torch") / "run"
+    run_chain(workdir, engine)
+    return workdir
+
+
+def test_demo_chain_with_the_torch_engine(chain):
+    check_chain(chain)
+    assert json.loads((chain / "models" / "object_scene" / "manifest.json").read_text())["engine"]["engine"] == "torch"
+    assert json.loads((chain / "eval" / "scene" / "metrics.json").read_text())["engine"] == "torch"
+
+
+def test_interrupted_extraction_resumes_to_the_same_file(chain, tmp_path):
+    interrupted_extraction_resumes(chain, tmp_path, "torch")
