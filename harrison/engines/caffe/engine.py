@@ -31,7 +31,8 @@ from harrison.errors import HarrisonError
 from harrison.files import atomic_path
 from harrison.proto import caffe_pb2
 
-WORKER = Path(__file__).resolve().with_name("worker.py")
+# The worker's source goes to ``python3 -c``, so it needs no path inside a root or container.
+WORKER = ["python3", "-c", Path(__file__).resolve().with_name("worker.py").read_text(encoding="utf-8")]
 QUIET = {"GLOG_minloglevel": "2"}
 TRAIN_ENV = {"GLOG_logtostderr": "1"}
 STDERR_LINES = 40
@@ -72,7 +73,7 @@ class CaffeEngine(Engine):
 
     def describe(self) -> dict[str, str]:
         if self._facts is None:
-            args = ["python3", str(WORKER), "info", *([str(self.gpu)] if self.gpu is not None else [])]
+            args = [*WORKER, "info", *([str(self.gpu)] if self.gpu is not None else [])]
             done = self._run(args, cwd="/tmp")
             facts = json.loads(done.stdout.strip().splitlines()[-1])
             self._facts = {
@@ -87,15 +88,15 @@ class CaffeEngine(Engine):
 
     def load_net(self, net: str | os.PathLike, weights: str | os.PathLike | None) -> NetRunner:
         net = _existing(net, "net")
-        args = ["python3", str(WORKER), "serve", str(net), str(_existing(weights, "weights")) if weights else "-"]
+        args = [*WORKER, "serve", str(net), str(_existing(weights, "weights")) if weights else "-"]
         if self.gpu is not None:
             args.append(str(self.gpu))
-        return CaffeNetRunner(self._popen(args, cwd=net.parent), f"{net}" + (f" with {weights}" if weights else ""))
+        return CaffeNetRunner(self._popen(args, cwd=net.parent, env=QUIET), f"{net}" + (f" with {weights}" if weights else ""))
 
     def init_weights(self, net: str | os.PathLike, out: str | os.PathLike, seed: int) -> Path:
         net = _existing(net, "net")
         with atomic_path(out, suffix=".caffemodel") as tmp:
-            self._run(["python3", str(WORKER), "init", str(net), str(tmp), str(int(seed))], cwd=net.parent)
+            self._run([*WORKER, "init", str(net), str(tmp), str(int(seed))], cwd=net.parent)
         return Path(out)
 
     def train(
@@ -153,16 +154,15 @@ class CaffeEngine(Engine):
             raise HarrisonError(f"caffe train finished but {final} is missing; is snapshot_after_train false in {solver}?")
         return TrainResult(final, state if state.exists() else None, param.max_iter, log)
 
-    def _popen(self, args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None,
-               merge_stderr: bool = False) -> subprocess.Popen:
-        env = {**QUIET, **(env or {})} if not merge_stderr else dict(env or {})
+    def _popen(self, args: Sequence[str], *, cwd: Path, env: dict[str, str], merge_stderr: bool = False) -> subprocess.Popen:
+        """Start ``args`` with this Caffe: stdin/stdout pipes for the worker, or one merged text pipe for ``caffe train``."""
         command = self.install.command(args, cwd, gpu=self.gpu is not None, env=env)
         try:
             return subprocess.Popen(
                 command, cwd=cwd, env=self.install.environment(env), start_new_session=True,
                 stdin=None if merge_stderr else subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
-                text=merge_stderr, bufsize=1 if merge_stderr else -1,
+                text=merge_stderr, errors="replace" if merge_stderr else None, bufsize=1 if merge_stderr else -1,
             )
         except OSError as exc:
             raise HarrisonError(f"cannot start Caffe ({command[0]}): {exc.strerror}; run scripts/install_caffe.sh") from exc
@@ -171,7 +171,7 @@ class CaffeEngine(Engine):
         command = self.install.command(args, cwd, gpu=self.gpu is not None, env=QUIET)
         done = subprocess.run(command, cwd=cwd, env=self.install.environment(QUIET), capture_output=True, text=True)
         if done.returncode != 0:
-            raise HarrisonError(f"Caffe failed on `{' '.join(args[2:])}`:\n{_last_lines(done.stderr)}")
+            raise HarrisonError(f"Caffe failed on `{' '.join(args[3:])}`:\n{_last_lines(done.stderr)}")
         return done
 
 

@@ -29,7 +29,7 @@ DEFAULT_ROOT = PROJECT_ROOT / ".caffe-root"
 INSTALL_HINT = "run scripts/install_caffe.sh (or set HARRISON_CAFFE_ROOT to a Caffe root, HARRISON_CAFFE_PREFIX to a command prefix)"
 
 # Host folders that every command sees, beside the cwd and the folders of path arguments.
-HOST_FOLDERS = ("/tmp", str(PROJECT_ROOT))
+HOST_FOLDERS = ("/tmp",)
 # Root folders that Caffe needs; a host path under one of these cannot be shown at its own name.
 SYSTEM_FOLDERS = frozenset({"usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "var"})
 # Root folders left to bwrap (--proc, --dev) or to the host (/tmp, ...).
@@ -73,7 +73,7 @@ class CaffeInstall:
 
 def bwrap_command(root: Path, args: Sequence[str], cwd: Path, *, gpu: bool = False,
                   env: dict[str, str] | None = None) -> list[str]:
-    """``bwrap`` argv running ``args`` in ``root`` with host paths (cwd, /tmp, the repo, path arguments) at their names.
+    """``bwrap`` argv running ``args`` in ``root`` with host paths (cwd, /tmp, path arguments) at their names.
 
     The root's ``/`` cannot take mount points, so ``/`` is a tmpfs and each top-level folder of the root is
     bound read-only (symlinked ones such as ``/lib -> usr/lib`` become symlinks).
