@@ -93,6 +93,8 @@ class TorchNet:
         self.device = torch.device(device)
         self.seed = seed
         self.root = Path.cwd() if root is None else Path(root)
+        # oneDNN's CPU convolutions run 15-40% faster on NHWC data; cuDNN's float32 ones prefer NCHW
+        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         self.layers: list[Layer] = []
         self.params: list[list[torch.Tensor]] = []
         self.learnable: list[Learnable] = []
@@ -214,9 +216,9 @@ class TorchNet:
             missing = [top for top in layer.param.top if top not in inputs]
             if missing:
                 raise HarrisonError(f"net {self.name!r}: no value given for the input blob {missing[0]!r}")
-            return [torch.as_tensor(inputs[top], dtype=torch.float32, device=self.device) for top in layer.param.top]
+            return [self._placed(torch.as_tensor(inputs[top], dtype=torch.float32)) for top in layer.param.top]
         if isinstance(layer, DataLayer):
-            return [top.to(self.device, non_blocking=True) for top in layer.forward([], [])]
+            return [self._placed(top) for top in layer.forward([], [])]
         if layer.stochastic:
             layer.generator = torch.Generator(self.device).manual_seed(
                 _stream_seed(self.seed, self._iteration, index, self._forwards))
@@ -226,6 +228,11 @@ class TorchNet:
         except RuntimeError as exc:
             shapes = [tuple(b.shape) for b in bottoms]
             raise layer.error(f"failed on bottoms of shapes {shapes}: {exc}") from exc
+
+    def _placed(self, tensor: torch.Tensor) -> torch.Tensor:
+        """An input on the net's device; images (4-D) in the device's preferred memory format."""
+        tensor = tensor.to(self.device, non_blocking=True)
+        return tensor.contiguous(memory_format=self.memory_format) if tensor.dim() == 4 else tensor
 
     def loss(self, blobs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The net's loss: the sum over loss tops of loss_weight times the sum of the top's values."""
