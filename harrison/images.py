@@ -7,7 +7,7 @@ the mean. The resize reproduces ``caffe.io.resize_image`` (scikit-image's ``resi
 (truncated at 4 sigma, zero padding) followed by bilinear interpolation at pixel centres, where samples
 outside the image are blended with zero; pycaffe rescales the image to [0, 1] by its own minimum and maximum
 first, so "zero" is the image's minimum. Both steps are linear and separable, so they are applied here as one
-matrix per axis.
+band of weights per axis.
 """
 from __future__ import annotations
 
@@ -86,8 +86,13 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _axis_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """The (n_out, n_in) matrix that anti-aliases and bilinearly resamples one axis as skimage's resize."""
+def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """How skimage's resize maps one axis of length ``n_in`` to ``n_out``, as a band of weights.
+
+    The linear map (Gaussian anti-aliasing, then bilinear sampling at pixel centres) is an (n_out, n_in)
+    matrix with few non-zeros per row; it is returned as ``starts`` (n_out) and ``band`` (n_out, width):
+    output ``o`` is the sum over ``t`` of ``band[o, t] * input[starts[o] + t]``.
+    """
     factor = n_in / n_out
     sigma = max(0.0, (factor - 1.0) / 2.0)
     blur = np.eye(n_in)
@@ -106,7 +111,22 @@ def _axis_matrix(n_in: int, n_out: int) -> np.ndarray:
     for index, weight in ((low, 1.0 - frac), (low + 1, frac)):
         inside = (index >= 0) & (index < n_in)
         np.add.at(sample, (rows[inside], index[inside]), weight[inside])
-    return (sample @ blur).astype(np.float32)
+    matrix = sample @ blur
+    used = matrix != 0
+    first = np.where(used.any(axis=1), used.argmax(axis=1), 0)
+    last = np.where(used.any(axis=1), n_in - 1 - used[:, ::-1].argmax(axis=1), 0)
+    width = int((last - first).max()) + 1
+    starts = np.clip(first, 0, n_in - width)
+    band = matrix[rows[:, None], starts[:, None] + np.arange(width)]
+    return starts, band.astype(np.float32)
+
+
+def _resize_axis0(image: np.ndarray, n_out: int) -> np.ndarray:
+    starts, band = _axis_weights(image.shape[0], n_out)
+    out = np.zeros((n_out, *image.shape[1:]), dtype=np.float32)
+    for t in range(band.shape[1]):
+        out += band[:, t, None, None] * image[starts + t]
+    return out
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -115,11 +135,9 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if image.shape[:2] == (height, width):
         return image.astype(np.float32, copy=False)
     low = np.float32(image.min())
-    rows = _axis_matrix(image.shape[0], height)
-    cols = _axis_matrix(image.shape[1], width)
     shifted = image.astype(np.float32) - low
-    out = np.einsum("ij,jkc->ikc", rows, shifted, optimize=True)
-    out = np.einsum("ikc,lk->ilc", out, cols, optimize=True)
+    rows = _resize_axis0(shifted, height)
+    out = _resize_axis0(rows.transpose(1, 0, 2), width).transpose(1, 0, 2)
     return out + low
 
 
@@ -211,12 +229,12 @@ def load_batches(
 ) -> Iterator[Batch]:
     """Yield preprocessed batches of ``paths[start:stop]``, decoding ahead on a thread pool.
 
-    Decoding and resizing release the GIL, so ``workers`` threads (default: the CPU count, at most 8) keep
+    Decoding and resizing release the GIL, so ``workers`` threads (default: the CPU count, at most 16) keep
     about two batches ready while the caller runs the net on the current one. Bad images do not stop the
     iteration: they come back in ``Batch.bad`` with zero rows.
     """
     stop = len(paths) if stop is None else stop
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = workers or min(16, os.cpu_count() or 1)
     shape = (3, *spec.input_size)
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         pending: collections.deque[concurrent.futures.Future] = collections.deque()

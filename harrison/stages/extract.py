@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extract only shard K of N (1-based) into <split>.shardK-of-N.h5; merge with harrison merge-features")
     parser.add_argument("--on-bad-image", choices=BAD_IMAGE_CHOICES, default="zero",
                         help="an image that cannot be decoded: zero-fill its row (default), skip it, or fail")
-    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count, at most 8)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count, at most 16)")
 
 
 @contextlib.contextmanager
