@@ -257,10 +257,10 @@ def merge(shards: Sequence[Path], out: Path) -> int:
         with h5py.File(path, "r") as handle:
             heads.append(({key: _text(handle.attrs.get(key, "")) for key in IDENTITY_KEYS},
                           int(handle.attrs["start"]), int(handle.attrs["stop"]), int(handle.attrs["total"]),
-                          handle["features"].shape))
-    first_identity, _, _, total, _ = heads[0]
+                          handle["features"].shape, _text(handle.attrs.get("engine", ""))))
+    first_identity, _, _, total, _, engine = heads[0]
     expected_start = 0
-    for path, (identity, start, stop, shard_total, _) in zip(shards, heads):
+    for path, (identity, start, stop, shard_total, _, _) in zip(shards, heads):
         differing = [key for key in IDENTITY_KEYS if identity[key] != first_identity[key]]
         if differing or shard_total != total:
             what = ", ".join(differing) or "list length"
@@ -270,8 +270,8 @@ def merge(shards: Sequence[Path], out: Path) -> int:
         expected_start = stop
     if expected_start != total:
         raise HarrisonError(f"{shards[-1]}: the shards end at row {expected_start} of {total}; a shard is missing")
-    rows = sum(shape[0] for *_, shape in heads)
-    dim = max(shape[1] for *_, shape in heads)
+    rows = sum(head[4][0] for head in heads)
+    dim = max(head[4][1] for head in heads)
     partial = partial_path(out)
     bad: list[tuple[str, str]] = []
     names: list[str] = []
@@ -290,7 +290,7 @@ def merge(shards: Sequence[Path], out: Path) -> int:
         target.create_dataset("image", data=np.array(names, dtype=object), dtype=STRING)
         _write_bad(target, bad)
         target.attrs.update(first_identity)
-        target.attrs.update({"start": 0, "stop": total, "total": total, "done": total, "merged_from": len(shards)})
+        target.attrs.update({"start": 0, "stop": total, "total": total, "done": total, "merged_from": len(shards), "engine": engine})
     os.replace(partial, out)
     return rows
 
