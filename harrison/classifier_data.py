@@ -200,12 +200,16 @@ def _write_split(data_dir: Path, split: str, plan: SplitPlan, order: np.ndarray,
                 label[row, plan.labels[index]] = 1.0
             path = data_dir / f"{split}_{number:03d}.h5"
             partial = path.with_name(path.name + ".partial")
-            data_dir.mkdir(parents=True, exist_ok=True)
-            with h5py.File(partial, "w") as out:
-                out.create_dataset("data", data=data)
-                out.create_dataset("label", data=label)
-                out.create_dataset("image", data=np.array([plan.images[i] for i in picked], dtype=object), dtype=STRING)
-            os.replace(partial, path)
+            try:
+                data_dir.mkdir(parents=True, exist_ok=True)
+                with h5py.File(partial, "w") as out:
+                    out.create_dataset("data", data=data)
+                    out.create_dataset("label", data=label)
+                    out.create_dataset("image", data=np.array([plan.images[i] for i in picked], dtype=object), dtype=STRING)
+                os.replace(partial, path)
+            except OSError as exc:
+                partial.unlink(missing_ok=True)
+                raise HarrisonError(f"cannot write {path}: {exc} (is the disk full?); free space and rerun harrison train") from exc
             files.append(path.resolve())
             del data, label
     finally:

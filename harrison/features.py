@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from harrison.errors import HarrisonError
-from harrison.images import PreprocessSpec, load_batches
+from harrison.images import Batch, PreprocessSpec, load_batches
 
 BAD_IMAGE_CHOICES = ("zero", "skip", "fail")
 IDENTITY_KEYS = ("net_sha256", "weights_sha256", "preprocess_sha256", "list_sha256", "blob", "on_bad_image")
@@ -129,13 +129,7 @@ def extract(
                 values[batch.bad_rows] = 0.0
                 if handle is None:
                     handle = _create_partial(partial, attrs, names[start:stop], values.shape[1])
-                offset = batch.start - start
-                handle["features"][offset : offset + len(values)] = values
-                for row, error in zip(batch.bad_rows, batch.bad):
-                    handle["valid"][offset + row] = 0
-                    handle["reason"][offset + row] = error.reason
-                handle.attrs["done"] = batch.start + len(values)
-                handle.flush()
+                _write_batch(handle, partial, batch.start - start, values, batch)
                 bar.update(len(values))
         if handle is None:
             handle = _create_partial(partial, attrs, names[start:stop], 0)
@@ -187,6 +181,20 @@ def _create_partial(partial: Path, attrs: Mapping[str, object], names: Sequence[
     handle.attrs["done"] = int(attrs["start"])
     handle.flush()
     return handle
+
+
+def _write_batch(handle: h5py.File, partial: Path, offset: int, values: np.ndarray, batch: Batch) -> None:
+    """Store one batch's rows and bad-image marks, then advance ``done`` and flush."""
+    try:
+        handle["features"][offset : offset + len(values)] = values
+        for row, error in zip(batch.bad_rows, batch.bad):
+            handle["valid"][offset + row] = 0
+            handle["reason"][offset + row] = error.reason
+        handle.attrs["done"] = batch.start + len(values)
+        handle.flush()
+    except OSError as exc:
+        raise HarrisonError(f"cannot write {partial}: {exc} (is the disk full?); free space and rerun: "
+                            f"the rows before {batch.start} are kept") from exc
 
 
 def _finish(handle: h5py.File, partial: Path, out: Path, skip_bad: bool) -> list[tuple[str, str]]:

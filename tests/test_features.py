@@ -200,3 +200,25 @@ def test_bad_images_skip_leaves_rows_out_and_fail_stops(images, tmp_path):
     assert np.array_equal(features, np.delete(zeroed, 5, axis=0))
     with pytest.raises(ImageError, match="img_05.png"):
         extract(linear, SPEC, paths, names, tmp_path / "f.h5", {**IDENTITY, "on_bad_image": "fail"}, batch_size=4)
+
+
+def test_a_full_disk_is_a_clear_error_and_the_rows_written_are_kept(images, tmp_path, monkeypatch):
+    paths, names = images
+    reference, _ = read(extract(linear, SPEC, paths, names, tmp_path / "a.h5", IDENTITY, batch_size=4).path)
+    real_write = h5py.Dataset.__setitem__
+    writes = []
+
+    def full_after_two_batches(dataset, key, value):
+        if dataset.name == "/features":
+            writes.append(key)
+            if len(writes) > 2:
+                raise OSError(28, "No space left on device")
+        return real_write(dataset, key, value)
+
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", full_after_two_batches)
+    out = tmp_path / "full.h5"
+    with pytest.raises(HarrisonError, match="disk full.*rows before 8 are kept"):
+        extract(linear, SPEC, paths, names, out, IDENTITY, batch_size=4)
+    monkeypatch.undo()
+    result = extract(linear, SPEC, paths, names, out, IDENTITY, batch_size=4)
+    assert result.resumed_at == 8 and np.array_equal(read(out)[0], reference)
