@@ -152,3 +152,24 @@ def test_row_count_mismatch_and_missing_features_are_caught_before_writing(run):
     with pytest.raises(HarrisonError, match="run harrison extract --feature object --split train"):
         build_data(config, "object")
     assert not (config.workdir / "models").exists()
+
+
+def test_evaluate_refuses_weights_with_another_class_count_or_input_width(run, tmp_path):
+    from harrison.proto.io import array_to_blob, write_caffemodel
+    from harrison.stages.evaluate import check_weights
+
+    config, _ = run
+    copies = materialise(config, "object", build_data(config, "object"))
+
+    def weights(outputs: int, width: int):
+        net = caffe_pb2.NetParameter()
+        for name, shape in (("fc1", (128, width)), ("fc2", (128, 128)), ("fc_out", (outputs, 128))):
+            layer = net.layer.add(name=name, type="InnerProduct")
+            layer.blobs.extend([array_to_blob(np.zeros(shape, np.float32)), array_to_blob(np.zeros(shape[0], np.float32))])
+        return write_caffemodel(tmp_path / f"w{outputs}_{width}.caffemodel", net)
+
+    check_weights(copies["deploy"], weights(CLASSES, 8), CLASSES, 8)
+    with pytest.raises(HarrisonError, match=r"has 3 outputs in layer 'fc_out' but the test labels have 4 classes"):
+        check_weights(copies["deploy"], weights(3, 8), CLASSES, 8)
+    with pytest.raises(HarrisonError, match=r"expects 6-d inputs .* test data is 8-d"):
+        check_weights(copies["deploy"], weights(CLASSES, 6), CLASSES, 8)
