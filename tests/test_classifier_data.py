@@ -173,3 +173,19 @@ def test_evaluate_refuses_weights_with_another_class_count_or_input_width(run, t
         check_weights(copies["deploy"], weights(3, 8), CLASSES, 8)
     with pytest.raises(HarrisonError, match=r"expects 6-d inputs .* test data is 8-d"):
         check_weights(copies["deploy"], weights(CLASSES, 6), CLASSES, 8)
+
+
+def test_images_skipped_at_extraction_are_left_out_with_their_labels(run):
+    config, labels = run
+    path = config.workdir / "features" / "object" / "test.h5"
+    with h5py.File(path, "r+") as handle:
+        features, images = handle["features"][:], handle["image"][:]
+        del handle["features"], handle["image"]
+        handle["features"] = np.delete(features, 1, axis=0)
+        handle.create_dataset("image", data=np.delete(images, 1), dtype=h5py.string_dtype())
+    built = build_data(config, "object_scene")
+    data, label, names = rows_of(built.lists["test"])
+    assert names == ["test/0.jpg", "test/2.jpg", "test/3.jpg"] and built.counts["test"] == 3
+    assert np.array_equal(data[:, :5], np.delete(features, 1, axis=0))
+    assert np.array_equal(data[:, 5:], (np.arange(12).reshape(4, 3)[[0, 2, 3]] + 1000).astype(np.float32))
+    assert [np.flatnonzero(row).tolist() for row in label] == [labels["test"][i] for i in (0, 2, 3)]
