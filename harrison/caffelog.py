@@ -38,6 +38,7 @@ _SOURCES = {
     "snapshot_model": "solver.cpp:464",
     "snapshot_state": "sgd_solver.cpp:284",
     "final_loss": "solver.cpp:327",
+    "stopped": "solver.cpp:311",
     "done": "solver.cpp:332",
     "resume": "caffe.cpp:235",
     "restore_history": "sgd_solver.cpp:336",
@@ -123,6 +124,10 @@ class LogWriter:
 
     def final_loss(self, iteration: int, loss: float) -> None:
         self.line(_SOURCES["final_loss"], f"Iteration {iteration}, loss = {cfloat(loss)}")
+
+    def stopped(self) -> None:
+        """Training stopped by a signal (after its snapshot)."""
+        self.line(_SOURCES["stopped"], "Optimization stopped early.")
 
     def done(self) -> None:
         self.line(_SOURCES["done"], "Optimization Done.")

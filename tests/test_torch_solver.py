@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -196,3 +198,22 @@ def test_blobs_with_lr_mult_zero_stay_frozen(tmp_path):
     # the frozen blob's diff is left out of the clipping norm, as Caffe computes no diff for it
     norm = math.sqrt(sum(0.01 * item.param.numel() for item in sgd.learnable[1:]))
     np.testing.assert_allclose(sgd.history()[1].numpy(), 0.1 * 2 * 0.1 * min(1.0, 1.0 / norm), rtol=1e-5)
+
+
+def test_a_signal_stops_after_the_iteration_with_a_snapshot(tmp_path):
+    sgd = _solver(tmp_path, max_iter=50, snapshot=0)
+    forward = sgd.net.forward
+
+    def forward_then_signal(*args, **kwargs):
+        if sgd.iter == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(*args, **kwargs)
+
+    sgd.net.forward = forward_then_signal
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(HarrisonError, match=r"stopped by SIGTERM at iteration 6 of 50; resume from .*toy_iter_6\.solverstate"):
+        sgd.solve(progress=False)
+    assert signal.getsignal(signal.SIGTERM) is handler
+    sgd.log.close()
+    assert proto_io.read_solverstate(tmp_path / "snapshots/toy_iter_6.solverstate").iter == 6
+    assert (tmp_path / "unit.log").read_text().splitlines()[-1].endswith("solver.cpp:311] Optimization stopped early.")

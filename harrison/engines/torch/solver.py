@@ -13,13 +13,16 @@ buffer is rescaled whenever the local rate changes, so the .solverstate holds Ca
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import os
 import secrets
+import signal
+import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -185,6 +188,7 @@ class SGDSolver:
         self._losses: list[np.float32] = []
         self._smoothed = np.float32(0)
         self.snapshots: list[tuple[Path, Path]] = []
+        self.stop_signal: int | None = None
 
     # ----------------------------------------------------------------------------------- state
 
@@ -392,16 +396,44 @@ class SGDSolver:
                 progress.set_postfix(loss=f"{float(smoothed):.4g}", lr=f"{rate:.3g}", refresh=False)
             if param.snapshot and self.iter % param.snapshot == 0:
                 self.snapshot()
+            if self.stop_signal is not None:
+                break
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT or SIGTERM stops training after the current iteration, as ``caffe train`` does on SIGINT
+        (``-sigint_effect stop``); a second signal interrupts at once. Only in the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request(signum: int, frame: object) -> None:
+            if self.stop_signal is not None:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+
+        previous = {number: signal.signal(number, request) for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
     def solve(self, progress: bool = True) -> None:
         """Solver::Solve: step to max_iter, snapshot, then the final display and test, as ``caffe train`` does."""
         param = self.param
         self.log.solving(self.net.name, param.lr_policy)
         start_iter = self.iter
-        with tqdm(total=param.max_iter, initial=self.iter, desc="train", unit="it", disable=None if progress else True) as bar:
+        with self._stop_on_signals(), \
+                tqdm(total=param.max_iter, initial=self.iter, desc="train", unit="it", disable=None if progress else True) as bar:
             self.step(param.max_iter - self.iter, bar)
         if param.snapshot_after_train and (not param.snapshot or self.iter % param.snapshot != 0):
             self.snapshot()
+        if self.stop_signal is not None:
+            self.log.stopped()
+            kept = f"resume from {self.snapshots[-1][1]}" if self.snapshots else "no snapshot was written"
+            raise HarrisonError(f"{self.path}: training stopped by {signal.Signals(self.stop_signal).name} "
+                                f"at iteration {self.iter} of {param.max_iter}; {kept}")
         if param.display and self.iter % param.display == 0:
             self.net.set_iteration(self.iter * param.iter_size)
             with torch.no_grad():
