@@ -153,10 +153,10 @@ def _open_partial(partial: Path, attrs: Mapping[str, object]) -> tuple[h5py.File
         print(f"{partial}: unreadable ({exc}); starting this extraction afresh", file=sys.stderr)
         partial.unlink()
         return None, int(attrs["start"])
-    found = {key: _plain(handle.attrs.get(key)) for key in attrs}
-    if found != {key: _plain(value) for key, value in attrs.items()}:
+    differing = [key for key, value in attrs.items() if _plain(handle.attrs.get(key)) != _plain(value)]
+    if differing:
         handle.close()
-        print(f"{partial}: made from other inputs or settings; starting this extraction afresh", file=sys.stderr)
+        print(f"{partial}: made with another {', '.join(differing)}; starting this extraction afresh", file=sys.stderr)
         partial.unlink()
         return None, int(attrs["start"])
     done = int(handle.attrs["done"])
