@@ -9,6 +9,7 @@ exists and whose manifest is current is skipped.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import sys
@@ -20,7 +21,8 @@ from harrison.classifier_data import ModelData, build_data, materialise, model_f
 from harrison.config import Config, add_config_arguments, config_from_args
 from harrison.engines import ENGINE_CHOICES, get_engine
 from harrison.errors import HarrisonError
-from harrison.manifest import is_current, read_manifest, write_manifest
+from harrison.files import sha256
+from harrison.manifest import checksums, read_manifest, write_manifest
 from harrison.proto import caffe_pb2
 from harrison.proto.io import read_solver
 from harrison.stages.extract import sigterm_as_interrupt
@@ -71,6 +73,18 @@ def train_inputs(data: ModelData, copies: dict[str, Path]) -> list[Path]:
     return files
 
 
+def same_inputs(manifest: dict | None, inputs: list[Path], settings: dict) -> bool:
+    """Whether a (running or finished) training manifest was made from exactly these inputs and settings."""
+    if manifest is None:
+        return False
+    return manifest.get("inputs") == checksums(inputs) and manifest.get("settings") == json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+def outputs_intact(manifest: dict) -> bool:
+    """Whether every output a manifest records is still there with its checksum."""
+    return all(Path(path).exists() and sha256(path) == digest for path, digest in manifest.get("outputs", {}).items())
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     engine = None
@@ -87,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
             settings = {"model": model, "engine": engine.name, "dims": data.dims, "num_classes": data.num_classes,
                         "rows": data.counts}
             manifest = read_manifest(folder)
-            same_run = manifest is not None and is_current(folder, inputs=inputs, settings=settings)
-            if same_run and manifest.get("status") == "done" and final.exists():
+            same_run = same_inputs(manifest, inputs, settings)
+            if same_run and manifest.get("status") == "done" and final.exists() and outputs_intact(manifest):
                 print(f"{folder}: trained and current, skipped", file=sys.stderr)
                 continue
             log = folder / "train.log"
