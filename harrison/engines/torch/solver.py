@@ -211,7 +211,7 @@ class SGDSolver:
         state = proto_io.read_solverstate(state_path)
         if len(state.history) != len(self.learnable):
             raise HarrisonError(
-                f"{state_path}: holds {len(state.history)} history blobs but the net {self.param.net or ''} has "
+                f"{state_path}: holds {len(state.history)} history blobs but the train net of {self.path.name} has "
                 f"{len(self.learnable)} learnable blobs; resume with the solver that wrote it")
         if state.learned_net:
             self.net.load_caffemodel(self.root / state.learned_net)
