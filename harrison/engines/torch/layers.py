@@ -310,7 +310,7 @@ class Dropout(Layer):
             return [x]
         keep = 1.0 - self.ratio
         mask = torch.empty(x.shape, device=x.device, dtype=x.dtype).bernoulli_(keep, generator=self.generator)
-        return [x * (mask * (1.0 / keep))]
+        return [x * mask.mul_(1.0 / keep)]
 
 
 class Softmax(Layer):
