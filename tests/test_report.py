@@ -61,6 +61,8 @@ def make_run(workdir: Path, *, evaluated: bool = True) -> dict:
                 writer.writerow(["train", it, "lr", 0.1])
             for it in (0, 50, 100):
                 writer.writerow(["test", it, "loss", 5.2 * np.exp(-it / (30 + 10 * index)) + 0.7])
+        write_json(folder / "manifest.json", {"stage": "train", "status": "done", "iterations": 1200, "seconds": 12.5,
+                                              "engine": {"engine": "torch", "version": "2.13.0", "mode": "CPU"}})
         if not evaluated:
             continue
         truth = np.zeros((N_TEST, len(TAGS)), dtype=np.float32)
@@ -94,6 +96,8 @@ def test_report_content_and_self_containment(tmp_path):
     # Table 1: the paper's numbers beside ours, and the difference
     assert "VGG-Object + VGG-Scene" in text and "30.16" in text and "32.00" in text and "+1.84" in text
     assert text.index("<td>VGG-Object</td>") < text.index("<td>VGG-Scene</td>") < text.index("<td>VGG-Object + VGG-Scene</td>")
+    # how each model was trained
+    assert text.count("<td>done</td><td>torch 2.13.0 CPU</td><td>1,200</td><td>12.5</td>") == 3
     # offline: no script, no external reference, every picture inside the report folder
     assert "<script" not in text.lower()
     assert not re.search(r"(?:src|href)=\"(?:https?:|//|/)", text)

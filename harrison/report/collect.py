@@ -112,6 +112,21 @@ def read_losses(workdir: Path, models: Sequence[str]) -> dict[str, LossCurve]:
     return {model: read_loss_csv(path) for model in models if (path := workdir / "models" / model / "loss.csv").exists()}
 
 
+def read_trainings(workdir: Path, models: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per model with a models/<model>/manifest.json: status, engine, device, iterations, seconds and when."""
+    found = {}
+    for model in models:
+        path = workdir / "models" / model / "manifest.json"
+        if path.exists():
+            manifest = read_json(path)
+            engine = manifest.get("engine", {})
+            found[model] = {"status": manifest.get("status", "?"), "engine": engine.get("engine", "?"),
+                            "version": engine.get("version", ""), "device": engine.get("mode", engine.get("device", "")),
+                            "iterations": manifest.get("iterations"), "seconds": manifest.get("seconds"),
+                            "created": manifest.get("created", "")}
+    return found
+
+
 def read_dataset(workdir: Path) -> tuple[dict[str, Any] | None, list[Path]]:
     """dataset/stats.json (or None) and the dataset's figures."""
     folder = workdir / "dataset"

@@ -88,11 +88,24 @@ def table_section(table: Mapping[str, Any] | None) -> str:
             "the paper's numbers are for the 5,000 test images of the HARRISON release.</p>")
 
 
-def loss_section(image: str | None) -> str:
+def loss_section(image: str | None, trainings: Mapping[str, Mapping[str, Any]], labels: Mapping[str, str]) -> str:
+    """The loss curves and, per model, how its training ran."""
     head = "<h2>Loss curves</h2>"
-    if image is None:
+    if image is None and not trainings:
         return head + note("No model is trained yet: run harrison train.")
-    return head + figure(image, "loss curves of the classifiers")
+
+    def cell(value: Any) -> str:
+        return "–" if value is None else escape(f"{value:,}" if isinstance(value, int) else str(value))
+
+    rows = "".join(
+        f"<tr><td>{escape(labels.get(model, model))}</td><td>{cell(t['status'])}</td>"
+        f"<td>{cell(' '.join(str(t[k]) for k in ('engine', 'version', 'device') if t[k]))}</td>"
+        f"<td>{cell(t['iterations'])}</td><td>{cell(t['seconds'])}</td><td>{cell(t['created'])}</td></tr>"
+        for model, t in trainings.items()
+    )
+    table = ('<table class="runs"><thead><tr><th>model</th><th>status</th><th>engine</th><th>iterations</th>'
+             f"<th>seconds</th><th>written</th></tr></thead><tbody>{rows}</tbody></table>") if trainings else ""
+    return head + (figure(image, "loss curves of the classifiers") if image else "") + table
 
 
 STAT_ROWS = (

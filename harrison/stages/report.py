@@ -59,7 +59,8 @@ def _write(out: Path, config: Config, model: str | None, args: argparse.Namespac
     with building_folder(out) as tmp:
         sections = [html.table_section(collect.read_table(workdir, models))]
         curves = collect.read_losses(workdir, models)
-        sections.append(html.loss_section(figures.loss_figure(curves, labels, tmp / "loss.png").name if curves else None))
+        loss_png = figures.loss_figure(curves, labels, tmp / "loss.png").name if curves else None
+        sections.append(html.loss_section(loss_png, collect.read_trainings(workdir, models), labels))
         stats, dataset_figures = collect.read_dataset(workdir)
         copied = []
         for source in dataset_figures:
