@@ -79,8 +79,9 @@ def write_imageset(
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:
+        partial.parent.mkdir(parents=True, exist_ok=True)
         env = lmdb.open(str(partial), map_size=MAP_SIZE, subdir=True, lock=True)
-    except lmdb.Error as exc:
+    except (OSError, lmdb.Error) as exc:
         raise HarrisonError(f"cannot create the LMDB {partial}: {exc}; choose a writable folder") from exc
     bad: list[tuple[str, str]] = []
     records = 0

@@ -44,11 +44,11 @@ def test_round_trip_keys_layout_and_skipped_images(imageset, tmp_path):
 
 def test_resized_records_share_one_shape_and_refuse_to_overwrite(imageset, tmp_path):
     paths, names, _ = imageset
-    write_imageset(paths, names, tmp_path / "db", size=(6, 7))
-    assert {chw.shape for _, chw, _ in read_imageset(tmp_path / "db")} == {(3, 6, 7)}
+    write_imageset(paths, names, tmp_path / "new" / "db", size=(6, 7))
+    assert {chw.shape for _, chw, _ in read_imageset(tmp_path / "new" / "db")} == {(3, 6, 7)}
     with pytest.raises(HarrisonError, match="already exists"):
-        write_imageset(paths, names, tmp_path / "db")
-    assert not (tmp_path / "db.partial").exists()
+        write_imageset(paths, names, tmp_path / "new" / "db")
+    assert not (tmp_path / "new" / "db.partial").exists()
 
 
 def test_real_caffe_data_layer_reads_our_lmdb(imageset, tmp_path, caffe_engine):

@@ -19,6 +19,7 @@ import pytest
 
 from harrison.cli import main
 from harrison.config import DEFAULT_CONFIG, PROJECT_ROOT, load_config
+from harrison.lmdb_io import read_imageset
 
 pytestmark = [pytest.mark.caffe, pytest.mark.slow]
 MODELS = ("object", "scene", "object_scene")
@@ -135,7 +136,7 @@ def test_shards_merge_to_the_unsharded_file(chain, tmp_path):
         assert np.array_equal(a["features"][:], b["features"][:]) and list(a["image"][:]) == list(b["image"][:])
 
 
-def test_a_bad_image_is_reported_and_zero_filled(chain, tmp_path, release_dir):
+def test_a_bad_image_is_reported_zero_filled_and_left_out_of_the_lmdb(chain, tmp_path, release_dir):
     second = copy_inputs(chain, tmp_path / "bad")
     manifest_path = second / "dataset" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
@@ -145,7 +146,9 @@ def test_a_bad_image_is_reported_and_zero_filled(chain, tmp_path, release_dir):
     shutil.copyfile(release_dir / "fixed_images" / "instagram_dataset" / "family" / "image_2411.jpg", images / first)
     manifest["image_root"] = str(images)
     manifest_path.write_text(json.dumps(manifest))
-    harrison("extract", "--workdir", str(second), "--engine", "caffe", "--feature", "object", "--split", "test")
+    harrison("extract", "--workdir", str(second), "--engine", "caffe", "--feature", "object", "--split", "test", "--lmdb")
+    records = list(read_imageset(second / "features" / "object" / "test_lmdb"))
+    assert len(records) == 99 and records[0][0].startswith("00000001_") and records[0][1].shape == (3, 64, 64)
     with h5py.File(second / "features" / "object" / "test.h5", "r") as bad, h5py.File(chain / "features" / "object" / "test.h5", "r") as good:
         assert np.all(bad["features"][0] == 0)
         assert np.array_equal(bad["features"][1:], good["features"][1:])

@@ -23,6 +23,7 @@ from harrison.engines import ENGINE_CHOICES, get_engine
 from harrison.errors import HarrisonError
 from harrison.features import BAD_IMAGE_CHOICES, Shard, extract, feature_path, identity_of, is_current, read_bad
 from harrison.images import load_preprocess_spec
+from harrison.lmdb_io import write_imageset
 from harrison.manifest import write_manifest
 
 DEFAULT_BATCH_SIZE = 32
@@ -41,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-bad-image", choices=BAD_IMAGE_CHOICES, default="zero",
                         help="an image that cannot be decoded: zero-fill its row (default), skip it, or fail")
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count, at most 16)")
+    parser.add_argument("--lmdb", action="store_true",
+                        help="also write each split's images, resized to the net's input, as Caffe Datum records "
+                             "(convert_imageset's layout; label = the first class id) into features/<feature>/<split>_lmdb")
 
 
 @contextlib.contextmanager
@@ -97,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 for split in [args.split] if args.split else list(SPLITS):
                     list_file = split_path(dataset_dir, split)
+                    if args.lmdb:
+                        _write_lmdb(dataset_dir, root, split, spec.input_size, feature_path(config.workdir, feature, split).parent)
                     identity = identity_of({**files, "list": list_file}, spec.feature_blob, args.on_bad_image)
                     out = feature_path(config.workdir, feature, split, args.shard)
                     if is_current(out, identity):
@@ -122,6 +128,18 @@ def run(args: argparse.Namespace) -> int:
             if args.shard is None:
                 write_feature_manifest(config, feature, files)
     return 0
+
+
+def _write_lmdb(dataset_dir: Path, root: Path, split: str, size: tuple[int, int], folder: Path) -> None:
+    out = folder / f"{split}_lmdb"
+    if out.exists():
+        print(f"{out}: exists, skipped (delete it to write it again)", file=sys.stderr)
+        return
+    images, labels = read_split(dataset_dir, split)
+    result = write_imageset([root / image for image in images], images, out, labels=[ids[0] for ids in labels],
+                            size=size, progress=f"lmdb {split}")
+    print(f"{out}: {result.records} Datum records", file=sys.stderr)
+    _report_bad(result.bad, "skip")
 
 
 def _forward(runner, input_blob: str, blob: str):
