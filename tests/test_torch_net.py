@@ -292,3 +292,20 @@ def test_engine_load_net_any_batch_and_init_weights(tmp_path):
     np.testing.assert_allclose(out["fc2"], fc1 @ blobs["fc2"][0].T + blobs["fc2"][1], rtol=1e-5, atol=1e-6)
     with pytest.raises(HarrisonError, match="no input blob 'fc1'"):
         runner.forward({"fc1": x}, ["fc2"])
+
+
+def test_inference_fuses_convolution_and_in_place_relu_without_changing_values():
+    text = ('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } } }\n'
+            'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+            'convolution_param { num_output: 8 kernel_size: 3 pad: 1 weight_filler { type: "msra" } bias_filler { type: "uniform" min: -1 max: 1 } } }\n'
+            'layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }\n'
+            'layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { kernel_size: 2 stride: 2 } }\n')
+    test, train = net(text, "TEST", seed=4), net(text, "TRAIN", seed=4)
+    x = {"data": torch.randn(2, 3, 9, 9)}
+    fused = test.forward(x)
+    plain = train.forward(x)
+    if test._fusable:
+        assert test._fusable == {1: 2}
+    for name in ("conv", "pool"):
+        assert torch.equal(fused[name], plain[name].detach())
+    assert fused["conv"].min() >= 0

@@ -144,6 +144,23 @@ class Convolution(Layer):
         bias = params[1] if len(params) > 1 else None
         return [F.conv2d(bottoms[0], params[0], bias, self.stride, self.pad, self.dilation, self.group)]
 
+    def forward_relu(self, bottoms, params):
+        """The convolution followed by ReLU as one oneDNN operation (CPU, no autograd; the same values)."""
+        bias = params[1] if len(params) > 1 else None
+        return [FUSED_CONV_RELU(bottoms[0], params[0], bias, list(self.pad), list(self.stride), list(self.dilation),
+                                self.group, "relu", [], "")]
+
+
+def _fused_conv_relu():
+    """torch's oneDNN convolution with a ReLU post-op, where this build of torch has it."""
+    try:
+        return torch.ops.mkldnn._convolution_pointwise.default if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+FUSED_CONV_RELU = _fused_conv_relu()
+
 
 def caffe_pooled_size(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
     """Caffe's pooled output size: ceil (or floor) of (size + 2 pad - kernel) / stride, plus one,

@@ -22,7 +22,7 @@ import torch
 
 from harrison.engines.torch.data import DATA_LAYERS, DataLayer
 from harrison.engines.torch.fillers import fill
-from harrison.engines.torch.layers import LAYERS, Input, Layer, Shape
+from harrison.engines.torch.layers import FUSED_CONV_RELU, LAYERS, Convolution, Input, Layer, ReLU, Shape
 from harrison.errors import HarrisonError
 from harrison.proto import caffe_pb2
 from harrison.proto.io import (array_to_blob, blob_shape, blob_to_array, read_caffemodel, read_net, upgrade_net,
@@ -156,6 +156,7 @@ class TorchNet:
                 self.input_names.extend(layer_param.top)
         self.output_names = sorted(available)
         self._layer_index = {layer.name: index for index, layer in enumerate(self.layers)}
+        self._fusable = self._conv_relu_pairs()
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, phase: str, device: torch.device | str, **kw) -> "TorchNet":
@@ -172,6 +173,20 @@ class TorchNet:
             f"layer {layer_param.name!r} has type {layer_param.type!r}, which the torch engine does not implement "
             f"(it runs {supported}); use --engine caffe for this net"
         )
+
+    def _conv_relu_pairs(self) -> dict[int, int]:
+        """Convolutions followed at once by an in-place plain ReLU on their top: {conv index: ReLU index}.
+
+        The blob's pre-ReLU value is never visible in Caffe then, so inference on CPU may fuse the two.
+        """
+        if self.device.type != "cpu" or FUSED_CONV_RELU is None:
+            return {}
+        pairs = {}
+        for index, (conv, relu) in enumerate(zip(self.layers, self.layers[1:])):
+            if (isinstance(conv, Convolution) and isinstance(relu, ReLU) and not relu.slope
+                    and list(relu.param.bottom) == list(relu.param.top) == list(conv.param.top)):
+                pairs[index] = index + 1
+        return pairs
 
     def _add_loss_weights(self, layer: Layer, tops: list[Shape]) -> None:
         weights = list(layer.param.loss_weight)
@@ -203,15 +218,22 @@ class TorchNet:
             stop = 1 + max(i for i, layer in enumerate(self.layers) if wanted & set(layer.param.top))
         blobs: dict[str, torch.Tensor] = {}
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.phase == "TRAIN"):
+            fuse = not torch.is_grad_enabled()
+            skip = -1
             for index, layer in enumerate(self.layers[:stop]):
-                tops = self._run_layer(index, layer, blobs, inputs)
+                if index == skip:
+                    continue
+                fused = fuse and index in self._fusable
+                if fused:
+                    skip = self._fusable[index]
+                tops = self._run_layer(index, layer, blobs, inputs, fused)
                 for name, value in zip(layer.param.top, tops):
                     blobs[name] = value
         self._forwards += 1
         return blobs
 
     def _run_layer(self, index: int, layer: Layer, blobs: dict[str, torch.Tensor],
-                   inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+                   inputs: Mapping[str, torch.Tensor], fused: bool = False) -> list[torch.Tensor]:
         if isinstance(layer, Input):
             missing = [top for top in layer.param.top if top not in inputs]
             if missing:
@@ -224,6 +246,8 @@ class TorchNet:
                 _stream_seed(self.seed, self._iteration, index, self._forwards))
         bottoms = [blobs[name] for name in layer.param.bottom]
         try:
+            if fused:
+                return layer.forward_relu(bottoms, self.params[index])
             return layer.forward(bottoms, self.params[index])
         except RuntimeError as exc:
             shapes = [tuple(b.shape) for b in bottoms]
