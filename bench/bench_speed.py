@@ -108,7 +108,7 @@ def torch_facts(gpu: int | None) -> dict:
         "blas": "; ".join(libraries) or "unknown",
         "device": "cpu",
     }
-    if gpu is not None:
+    if gpu is not None and torch.cuda.is_available():
         facts["device"] = f"cuda:{gpu} {torch.cuda.get_device_name(gpu)}"
         facts["cuda"] = torch.version.cuda
         facts["cudnn"] = str(torch.backends.cudnn.version())
@@ -233,8 +233,10 @@ def vgg_weights(engine: Engine, net: Path, seed: int = 0) -> Path:
 def bench_forward(runners: dict[str, NetRunner], input_blob: str, blob: str, batch: int, rounds: int,
                   input_shape: Sequence[int]) -> dict[str, dict]:
     """Images per second of each runner's forward to ``blob``: one warm-up batch, then ``rounds`` timed
-    batches per runner, alternating between the runners; with the CPU time, system time and minor page
-    faults they cost (this process and its workers together: the other engine idles meanwhile)."""
+    batches per runner, alternating between the runners. The rate is that of the median batch (a batch
+    slowed by other processes moves it less than the mean); the mean and the best are kept too. With the
+    CPU time, system time and minor page faults they cost (this process and its workers together: the
+    other engine idles meanwhile)."""
     generator = np.random.default_rng(0)
     data = (generator.standard_normal((batch, *input_shape)) * 50).astype(np.float32)
     times: dict[str, list[float]] = {name: [] for name in runners}
@@ -248,7 +250,8 @@ def bench_forward(runners: dict[str, NetRunner], input_blob: str, blob: str, bat
             runner.forward({input_blob: data}, [blob])
             times[name].append(time.perf_counter() - began)
             used[name] += cpu_usage() - before
-    return {name: {"images_per_s": batch * len(spent) / sum(spent),
+    return {name: {"images_per_s": batch / float(np.median(spent)),
+                   "mean_images_per_s": batch * len(spent) / sum(spent),
                    "best_images_per_s": batch / min(spent),
                    "cpu_s_per_image": used[name][0] / (batch * rounds),
                    "system_s_per_image": used[name][1] / (batch * rounds),
@@ -391,7 +394,8 @@ def display_times(log: Path, day: datetime.date) -> list[tuple[int, float]]:
 
 def bench_training(engine: Engine, solver: Path, iters: int, skip: int, log: Path) -> dict:
     """Start-up (call -> the display line of iteration 0, so process start, net set-up, data loading and
-    the first iteration), steady iterations per second (log timestamps from iteration ``skip`` on), the
+    the first iteration), steady iterations per second (from the log's timestamps, iteration ``skip`` on:
+    the median iteration, and the mean), the
     tail (last display -> return: the final snapshot and exit), the wall time of the whole call and the
     CPU time, system time and minor page faults it cost."""
     for old in (solver.parent / "snapshots").glob("bench_iter_*"):
@@ -408,7 +412,9 @@ def bench_training(engine: Engine, solver: Path, iters: int, skip: int, log: Pat
               "system_s": used[1], "minor_faults": used[2], "log": str(log)}
     if len(steady) >= 2:
         (first_n, first_t), (last_n, last_t) = steady[0], steady[-1]
-        result["steady_iters_per_s"] = (last_n - first_n) / (last_t - first_t)
+        per_iteration = [(t1 - t0) / (n1 - n0) for (n0, t0), (n1, t1) in zip(steady, steady[1:])]
+        result["steady_iters_per_s"] = 1 / float(np.median(per_iteration))
+        result["mean_iters_per_s"] = (last_n - first_n) / (last_t - first_t)
     if events:
         startup = events[0][1] - began
         if 0 <= startup <= wall:  # the log's clock is this process's local time
@@ -429,12 +435,14 @@ def data_batch(net_path: Path) -> int:
 
 ROWS = [
     ("forward", "images_per_s", "VGG-16 fc7 forward, batch {batch} (images/s)", "vgg16_forward"),
+    ("forward", "mean_images_per_s", "  mean over the batches (images/s)", None),
     ("forward", "cpu_s_per_image", "  CPU seconds per image", None),
     ("forward", "system_s_per_image", "  of which system (kernel) seconds", None),
     ("forward", "minor_faults_per_batch", "  minor page faults per batch", None),
     ("forward", "load_s", "  net load time (s)", None),
     ("extraction", "images_per_s", "VGG-16 extraction from JPEG (images/s)", None),
     ("training", "steady_iters_per_s", "classifier steady, batch {train_batch} (iterations/s)", "classifier_train"),
+    ("training", "mean_iters_per_s", "  mean from iteration {skip} on (iterations/s)", None),
     ("training", "wall_iters_per_s", "classifier incl. start-up and snapshot (it/s)", None),
     ("training", "startup_s", "classifier start-up to iteration 0 (s)", None),
     ("training", "tail_s", "classifier final snapshot and exit (s)", None),
