@@ -211,7 +211,7 @@ def test_a_signal_stops_after_the_iteration_with_a_snapshot(tmp_path):
 
     sgd.net.forward = forward_then_signal
     handler = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(HarrisonError, match=r"stopped by SIGTERM at iteration 6 of 50; resume from .*toy_iter_6\.solverstate"):
+    with pytest.raises(KeyboardInterrupt, match=r"stopped by SIGTERM at iteration 6 of 50; resume from .*toy_iter_6\.solverstate"):
         sgd.solve(progress=False)
     assert signal.getsignal(signal.SIGTERM) is handler
     sgd.log.close()

@@ -402,7 +402,8 @@ class SGDSolver:
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
         """SIGINT or SIGTERM stops training after the current iteration, as ``caffe train`` does on SIGINT
-        (``-sigint_effect stop``); a second signal interrupts at once. Only in the main thread."""
+        (``-sigint_effect stop``): the snapshot is written, then KeyboardInterrupt is raised. A second
+        signal interrupts at once. Only in the main thread."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -432,8 +433,8 @@ class SGDSolver:
         if self.stop_signal is not None:
             self.log.stopped()
             kept = f"resume from {self.snapshots[-1][1]}" if self.snapshots else "no snapshot was written"
-            raise HarrisonError(f"{self.path}: training stopped by {signal.Signals(self.stop_signal).name} "
-                                f"at iteration {self.iter} of {param.max_iter}; {kept}")
+            raise KeyboardInterrupt(f"{self.path}: training stopped by {signal.Signals(self.stop_signal).name} "
+                                    f"at iteration {self.iter} of {param.max_iter}; {kept}")
         if param.display and self.iter % param.display == 0:
             self.net.set_iteration(self.iter * param.iter_size)
             with torch.no_grad():
