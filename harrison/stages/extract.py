@@ -21,7 +21,7 @@ from harrison.config import Config, add_config_arguments, config_from_args
 from harrison.dataset.lists import SPLITS, dataset_info, read_split, split_path
 from harrison.engines import ENGINE_CHOICES, get_engine
 from harrison.errors import HarrisonError
-from harrison.features import BAD_IMAGE_CHOICES, Shard, extract, feature_path, identity_of, is_current, read_bad
+from harrison.features import BAD_IMAGE_CHOICES, Shard, extract, feature_path, identity_of, is_current, read_bad, read_identity
 from harrison.images import load_preprocess_spec
 from harrison.lmdb_io import write_imageset
 from harrison.manifest import write_manifest
@@ -175,6 +175,7 @@ def write_feature_manifest(config: Config, feature: str, files: dict[str, Path])
                 "engine": str(handle.attrs.get("engine", "")),
                 "on_bad_image": str(handle.attrs["on_bad_image"]),
                 "bad_images": [list(pair) for pair in read_bad(out)],
+                **read_identity(out),
             }
         outputs.append(out)
         lists.append(split_path(dataset_dir, split))
