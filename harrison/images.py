@@ -137,7 +137,7 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     low = np.float32(image.min())
     shifted = image.astype(np.float32) - low
     rows = _resize_axis0(shifted, height)
-    out = _resize_axis0(rows.transpose(1, 0, 2), width).transpose(1, 0, 2)
+    out = _resize_axis0(np.ascontiguousarray(rows.transpose(1, 0, 2)), width).transpose(1, 0, 2)
     return out + low
 
 
