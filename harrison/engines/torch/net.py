@@ -215,7 +215,7 @@ class TorchNet:
             if missing:
                 raise HarrisonError(f"net {self.name!r} ({self.phase}) has no blob {missing[0]!r}; its blobs: {', '.join(self.blob_shapes)}")
             wanted = set(outputs)
-            stop = 1 + max(i for i, layer in enumerate(self.layers) if wanted & set(layer.param.top))
+            stop = 1 + max((i for i, layer in enumerate(self.layers) if wanted & set(layer.param.top)), default=-1)
         blobs: dict[str, torch.Tensor] = {}
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.phase == "TRAIN"):
             fuse = not torch.is_grad_enabled()
