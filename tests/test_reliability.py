@@ -1,4 +1,4 @@
-"""Reliability across stages, on a small demo run: interrupted extraction and training (SIGTERM, kill -9) resume to
+"""Reliability across stages, on a small demo run: interrupted extraction and training (SIGINT, SIGTERM, kill -9) resume to
 the outputs of an uninterrupted run; divergence stops with the iteration named and the snapshots before it kept;
 mismatched inputs are refused before any work; a full disk or an unwritable folder is a clear error that leaves
 earlier outputs intact. The stages run as subprocesses of the ``harrison`` command line, as a user runs them.
@@ -141,14 +141,14 @@ def _blobs(path: Path) -> dict[str, list[np.ndarray]]:
     return layer_blobs(read_caffemodel(path))
 
 
-def test_torch_training_resumes_exactly_after_sigterm_and_kill(reference, tmp_path):
+def test_torch_training_resumes_after_sigint_and_kill(reference, tmp_path):
     config, ref = reference
     work = copy_run(ref, tmp_path / "run", "dataset", "weights", "features")
     args = ["train", "--config", str(config), "--workdir", str(work), "--engine", "torch", "--model", MODEL]
     snapshots = work / "models" / MODEL / "snapshots"
     stage = Stage(*args)
     stage.wait_until(lambda: (snapshots / f"{MODEL}_iter_{EVERY}.solverstate").exists())
-    assert stage.stop(signal.SIGTERM) == 130
+    assert stage.stop(signal.SIGINT) == 130
     assert not (snapshots / f"{MODEL}_iter_{FINAL}.caffemodel").exists()
     stage = Stage(*args)
     stage.wait_until(lambda: "resuming from" in stage.err and (snapshots / f"{MODEL}_iter_{2 * EVERY}.solverstate").exists())
