@@ -228,6 +228,15 @@ def test_mismatched_inputs_are_refused_before_work(reference, tmp_path, capsys):
     assert str(work / "features" / "object" / "train.h5") in err and str(listing) in err
     assert "rerun harrison extract" in err
     assert not (work / "models").exists()
+    # a classifier whose output count is not the dataset's class count
+    work = copy_run(ref, tmp_path / "run2", "dataset", "weights", "features", "models")
+    vocab = work / "dataset" / "vocab.tsv"
+    classes = len(vocab.read_text().splitlines()) - 1
+    vocab.write_text("".join(vocab.read_text().splitlines(keepends=True)[:-1]))
+    photo = next((PROJECT_ROOT / "data" / "demo" / "images").glob("*.jpg"))
+    assert main(["recommend", str(photo), "--config", str(config), "--workdir", str(work), "--engine", "torch"]) == 2
+    err = capsys.readouterr().err
+    assert f"has {classes} outputs" in err and f"{classes - 1} classes" in err
 
 
 @pytest.mark.xfail(reason="harrison/features.py: an HDF5 write that fails mid-extraction ends in a traceback "
