@@ -7,7 +7,6 @@ tests/test_reliability.py.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import h5py
@@ -136,4 +135,3 @@ def test_refuses_what_does_not_match(trained, capsys, tmp_path):
     changed = derive_config(config, tmp_path / "changed.yaml", {"features.object.weights": str(other)})
     code, _, err = recommend(capsys, changed, photo)
     assert code == 2 and "is not the weights file that made" in err and "features.object.weights" in err
-    shutil.rmtree(tmp_path, ignore_errors=True)
