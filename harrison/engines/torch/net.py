@@ -22,7 +22,7 @@ import torch
 
 from harrison.engines.torch.data import DATA_LAYERS, DataLayer
 from harrison.engines.torch.fillers import fill
-from harrison.engines.torch.layers import FUSED_CONV_RELU, LAYERS, Convolution, Input, Layer, ReLU, Shape
+from harrison.engines.torch.layers import FUSED_CONV_RELU, LAYERS, Convolution, Input, Layer, ParamBlob, ReLU, Shape
 from harrison.errors import HarrisonError
 from harrison.proto import caffe_pb2
 from harrison.proto.io import (array_to_blob, blob_shape, blob_to_array, read_caffemodel, read_net, upgrade_net,
@@ -117,29 +117,7 @@ class TorchNet:
                 available.discard(bottom)
             bottom_shapes = [self.blob_shapes[b] for b in layer_param.bottom]
             blobs = layer.setup(bottom_shapes)
-            tensors = []
-            for j, blob in enumerate(blobs):
-                spec = layer_param.param[j] if j < len(layer_param.param) else caffe_pb2.ParamSpec()
-                if spec.name and spec.name in owners:
-                    shape, tensor, learnable = owners[spec.name]
-                    if shape != blob.shape:
-                        raise layer.error(f"shares parameter {spec.name!r} of shape {shape} but needs {blob.shape}")
-                    if spec.HasField("lr_mult"):
-                        learnable.lr_mult = spec.lr_mult
-                    if spec.HasField("decay_mult"):
-                        learnable.decay_mult = spec.decay_mult
-                    tensors.append(tensor)
-                    continue
-                if len(layer_param.blobs):
-                    values = torch.zeros(blob.shape)
-                else:
-                    values = fill(blob.filler, blob.shape, generator, f"layer {layer.name!r} ({layer.type}) blob {j}")
-                tensor = values.to(self.device).requires_grad_()
-                learnable = Learnable(layer.name, j, tensor, spec.lr_mult, spec.decay_mult)
-                self.learnable.append(learnable)
-                if spec.name:
-                    owners[spec.name] = (blob.shape, tensor, learnable)
-                tensors.append(tensor)
+            tensors = self._make_params(layer, blobs, generator, owners)
             self.layers.append(layer)
             self.params.append(tensors)
             if len(layer_param.blobs):
@@ -173,6 +151,34 @@ class TorchNet:
             f"layer {layer_param.name!r} has type {layer_param.type!r}, which the torch engine does not implement "
             f"(it runs {supported}); use --engine caffe for this net"
         )
+
+    def _make_params(self, layer: Layer, blobs: list[ParamBlob], generator: torch.Generator,
+                     owners: dict[str, tuple[Shape, torch.Tensor, Learnable]]) -> list[torch.Tensor]:
+        """The layer's parameter tensors: filled, zeros when the layer carries its own blobs, or shared by name."""
+        tensors = []
+        for j, blob in enumerate(blobs):
+            spec = layer.param.param[j] if j < len(layer.param.param) else caffe_pb2.ParamSpec()
+            if spec.name and spec.name in owners:
+                shape, tensor, learnable = owners[spec.name]
+                if shape != blob.shape:
+                    raise layer.error(f"shares parameter {spec.name!r} of shape {shape} but needs {blob.shape}")
+                if spec.HasField("lr_mult"):
+                    learnable.lr_mult = spec.lr_mult
+                if spec.HasField("decay_mult"):
+                    learnable.decay_mult = spec.decay_mult
+                tensors.append(tensor)
+                continue
+            if len(layer.param.blobs):
+                values = torch.zeros(blob.shape)
+            else:
+                values = fill(blob.filler, blob.shape, generator, f"layer {layer.name!r} ({layer.type}) blob {j}")
+            tensor = values.to(self.device).requires_grad_()
+            learnable = Learnable(layer.name, j, tensor, spec.lr_mult, spec.decay_mult)
+            self.learnable.append(learnable)
+            if spec.name:
+                owners[spec.name] = (blob.shape, tensor, learnable)
+            tensors.append(tensor)
+        return tensors
 
     def _conv_relu_pairs(self) -> dict[int, int]:
         """Convolutions followed at once by an in-place plain ReLU on their top: {conv index: ReLU index}.
