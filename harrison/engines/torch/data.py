@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from harrison.engines.torch.layers import Layer, ParamBlob, Shape
-from harrison.errors import HarrisonError
 from harrison.proto import caffe_pb2
 from harrison.proto.io import read_binaryproto_mean
 
