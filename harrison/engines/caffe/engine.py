@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-from google.protobuf import text_format
 from tqdm import tqdm
 
 from harrison import caffelog
@@ -30,6 +29,7 @@ from harrison.engines.caffe.worker import npy_bytes, read_frame, write_frame
 from harrison.errors import HarrisonError
 from harrison.files import atomic_path
 from harrison.proto import caffe_pb2
+from harrison.proto.io import read_solver
 
 # The worker's source goes to ``python3 -c``, so it needs no path inside a root or container.
 WORKER = ["python3", "-c", Path(__file__).resolve().with_name("worker.py").read_text(encoding="utf-8")]
@@ -110,7 +110,7 @@ class CaffeEngine(Engine):
         solver = _existing(solver, "solver")
         if resume and weights:
             raise HarrisonError("give either resume (a .solverstate) or weights (a .caffemodel), not both")
-        param = read_solver(solver)
+        param = solver_outputs(solver)
         prefix = solver.parent / param.snapshot_prefix
         args = ["caffe", "train", "-solver", str(solver)]
         if resume:
@@ -244,13 +244,9 @@ class CaffeNetRunner(NetRunner):
         raise HarrisonError(f"the Caffe worker for {self._what} stopped (exit {code}):\n" + _last_lines("\n".join(self._stderr)))
 
 
-def read_solver(path: Path) -> caffe_pb2.SolverParameter:
-    """Parse a solver prototxt, with an error naming the file and line."""
-    param = caffe_pb2.SolverParameter()
-    try:
-        text_format.Parse(path.read_text(encoding="utf-8"), param)
-    except text_format.ParseError as exc:
-        raise HarrisonError(f"{path}: not a valid solver prototxt ({exc}); fix the file") from None
+def solver_outputs(path: Path) -> caffe_pb2.SolverParameter:
+    """The solver at ``path``, checked for what ``train`` needs to find its snapshots."""
+    param = read_solver(path)
     if not param.snapshot_prefix or not param.max_iter:
         raise HarrisonError(f"{path}: a solver needs snapshot_prefix and max_iter; see prototxt/classifier/solver_object.prototxt")
     return param

@@ -2,8 +2,8 @@
 
 Discovery, first match wins (``find_caffe``):
 
-1. ``HARRISON_CAFFE_PREFIX``: a command prefix (shell words), e.g. ``docker run --rm -v /data:/data IMAGE``;
-   ``caffe`` and ``python3`` (with pycaffe) must run under it and see host paths at their own names.
+1. ``HARRISON_CAFFE_PREFIX``: a command prefix (shell words), e.g. ``docker run --rm -i -v /data:/data -v /tmp:/tmp
+   IMAGE``; ``sh``, ``caffe`` and ``python3`` (with pycaffe) must run under it and see host paths at their own names.
 2. ``HARRISON_CAFFE_ROOT``: a root folder (a Debian root made by ``scripts/install_caffe.sh``), run through
    bubblewrap.
 3. A native ``caffe`` on ``PATH`` with a ``python3`` on ``PATH`` that imports pycaffe.
@@ -57,12 +57,16 @@ class CaffeInstall:
         """The argv that runs ``args`` (``caffe ...`` or ``python3 ...``) with this Caffe in ``cwd``.
 
         ``env`` adds variables inside a root (they are passed as they are elsewhere); ``gpu`` exposes
-        the host's /dev in a root so that CUDA devices are visible.
+        the host's /dev in a root so that CUDA devices are visible. Under a prefix the command changes to
+        ``cwd`` itself (a container starts elsewhere), so ``cwd`` must exist at the same path there.
         """
         args = [self.python if args[0] == "python3" else args[0], *args[1:]]
+        cwd = str(cwd or os.getcwd())
+        if self.kind == "prefix":
+            return [*self.prefix, "sh", "-c", 'cd "$0" && exec "$@"', cwd, *args]
         if self.root is None:
-            return [*self.prefix, *args]
-        return bwrap_command(self.root, args, Path(cwd or os.getcwd()), gpu=gpu, env=env)
+            return args
+        return bwrap_command(self.root, args, Path(cwd), gpu=gpu, env=env)
 
     def environment(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """The environment for the subprocess that runs ``command(...)``."""
