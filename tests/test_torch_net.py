@@ -81,6 +81,23 @@ def test_learnable_order_multipliers_and_sharing():
     assert abs(n.params[3][0]).max() <= math.sqrt(3 / 6)
 
 
+def test_in_place_rules_follow_caffes_splits():
+    chain = INPUT + ('layer { name: "r1" type: "ReLU" bottom: "data" top: "data" }\n'
+                     'layer { name: "r2" type: "Sigmoid" bottom: "data" top: "data" }\n'
+                     'layer { name: "s" type: "Softmax" bottom: "data" top: "s" }\n')
+    x = torch.randn(2, 6)
+    blobs = net(chain).forward({"data": x})
+    torch.testing.assert_close(blobs["data"], torch.sigmoid(torch.relu(x)))
+    torch.testing.assert_close(blobs["s"], torch.softmax(torch.sigmoid(torch.relu(x)), 1))
+    read_then_modified = INPUT + ('layer { name: "s" type: "Softmax" bottom: "data" top: "s" }\n'
+                                  'layer { name: "r" type: "ReLU" bottom: "data" top: "data" }\n')
+    with pytest.raises(HarrisonError, match="'r' \\(ReLU\\): top blob 'data' is produced by multiple sources"):
+        net(read_then_modified)
+    with pytest.raises(HarrisonError, match="'again'.*multiple sources"):
+        net(INPUT + 'layer { name: "again" type: "Sigmoid" bottom: "data" top: "s" }\n'
+                    'layer { name: "again" type: "ReLU" bottom: "data" top: "s" }\n')
+
+
 def test_errors_name_the_layer():
     with pytest.raises(HarrisonError, match="'lrn1'.*'LRN'"):
         net(INPUT + 'layer { name: "lrn1" type: "LRN" bottom: "data" top: "lrn1" }')

@@ -64,6 +64,34 @@ def layer_included(layer: caffe_pb2.LayerParameter, phase: str, level: int, stag
     return not any(state_meets_rule(phase, level, stages, rule) for rule in layer.exclude)
 
 
+def check_blob_sources(layers: Sequence[caffe_pb2.LayerParameter]) -> None:
+    """Refuse a top that names an existing blob unless the layer works in place, as Caffe's Net::Init does.
+
+    Caffe splits a top consumed by several layers into copies; a layer "in place" on such a blob then
+    reads a copy and its top would be a second blob of the same name, which Caffe refuses.
+    """
+    producer: dict[str, tuple[int, int]] = {}
+    sources: list[list[tuple[int, int] | None]] = []
+    consumers: dict[tuple[int, int], int] = {}
+    for index, layer in enumerate(layers):
+        sources.append([producer.get(bottom) for bottom in layer.bottom])
+        for source in sources[-1]:
+            if source is not None:
+                consumers[source] = consumers.get(source, 0) + 1
+        for j, top in enumerate(layer.top):
+            producer[top] = (index, j)
+    produced: set[str] = set()
+    for index, layer in enumerate(layers):
+        for j, top in enumerate(layer.top):
+            in_place = j < len(layer.bottom) and layer.bottom[j] == top and consumers.get(sources[index][j]) == 1
+            if top in produced and not in_place:
+                raise HarrisonError(
+                    f"layer {layer.name!r} ({layer.type}): top blob {top!r} is produced by multiple sources (Caffe refuses this: "
+                    "a layer works in place only on a blob no other layer reads); give the top a new name"
+                )
+            produced.add(top)
+
+
 def _stream_seed(*values: int) -> int:
     """A 63-bit seed derived from integers (net seed, iteration, layer index, ...)."""
     entropy = [value % (1 << 63) for value in values]
@@ -106,9 +134,9 @@ class TorchNet:
         generator = torch.Generator().manual_seed(seed % (1 << 63))
         owners: dict[str, tuple[Shape, torch.Tensor, Learnable]] = {}
         available: set[str] = set()
-        for layer_param in param.layer:
-            if not layer_included(layer_param, phase, level, stages):
-                continue
+        kept = [layer for layer in param.layer if layer_included(layer, phase, level, stages)]
+        check_blob_sources(kept)
+        for layer_param in kept:
             index = len(self.layers)
             layer = self._make_layer(layer_param, index)
             for bottom in layer_param.bottom:
