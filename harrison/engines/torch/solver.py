@@ -8,8 +8,9 @@ over all diffs; per learnable blob: diff *= 1/iter_size, diff += weight_decay * 
 when ``iter % snapshot == 0``, and after training.
 
 The lr lives inside Caffe's history, so ``torch.optim.SGD`` (lr outside) is not used. The update runs as
-one fused kernel per blob (``torch._fused_sgd_``, on CPU since torch 2.4), which keeps ``history / local_rate`` instead; that
-buffer is rescaled whenever the local rate changes, so the .solverstate holds Caffe's own history.
+one fused kernel per blob (``torch._fused_sgd_``, on CPU since torch 2.4), which keeps
+``history / local_rate`` instead; that buffer is rescaled whenever the local rate changes, so the
+.solverstate holds Caffe's own history.
 """
 from __future__ import annotations
 
