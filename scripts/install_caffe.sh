@@ -54,17 +54,22 @@ make_base() {
     say "removing the half-made root $root"
     $sudo rm -rf --one-file-system "$root"
   fi
-  say "debootstrap bullseye into $root (about a minute)"
+  say "debootstrap bullseye into $root (a few minutes)"
   $sudo mkdir -p "$(dirname "$root")"
-  $sudo debootstrap --variant=minbase bullseye "$root" "$mirror" >/dev/null
+  $sudo debootstrap --variant=minbase bullseye "$root" "$mirror" >/dev/null \
+    || die "debootstrap failed (see $root/debootstrap/debootstrap.log); rerun this script to start again"
 }
 
 in_root() { $sudo chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LC_ALL=C "$@"; }
 
 install_packages() {
   say "installing ${packages[*]} into $root"
-  in_root apt-get update -qq
-  in_root apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+  local log; log="$(mktemp /tmp/install_caffe.apt.XXXXXX)"
+  if ! { in_root apt-get update -qq && in_root apt-get install -y -qq --no-install-recommends "${packages[@]}"; } >"$log" 2>&1; then
+    tail -n 20 "$log" >&2
+    die "apt-get failed inside $root (full output: $log); rerun this script to resume"
+  fi
+  rm -f "$log"
   in_root apt-get clean
 }
 

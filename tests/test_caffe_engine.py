@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import h5py
@@ -43,6 +44,15 @@ def read_params(path: Path) -> dict[str, list[np.ndarray]]:
 def demo_weights(caffe_engine, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("weights")
     return {name: caffe_engine.init_weights(net, folder / f"{name}.caffemodel", seed=5) for name, net in DEMO_NETS.items()}
+
+
+def test_install_script_only_verifies_a_complete_root(caffe_engine):
+    if caffe_engine.install.kind != "project":
+        pytest.skip("Caffe was found elsewhere than the project's root")
+    done = subprocess.run(["bash", str(REPO / "scripts/install_caffe.sh")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "is complete; verifying" in done.stdout and "pycaffe forward ok" in done.stdout
+    assert "openblas-pthread/libblas.so.3" in done.stdout
 
 
 def test_engine_is_real_caffe(caffe_engine):
