@@ -222,11 +222,22 @@ def _in_phase(layer: caffe_pb2.LayerParameter, phase: int) -> bool:
 
 
 def vgg_weights(engine: Engine, net: Path, seed: int = 0) -> Path:
-    """Weights made once by ``engine``'s fillers into bench/out/ (reused while the prototxt is unchanged)."""
-    out = OUT / f"{net.parent.name}_seed{seed}.caffemodel"
+    """Weights for ``net`` made once into bench/out/ (reused while the prototxt is unchanged).
+
+    A deploy net names no fillers (its weights come from the authors' file), which would make every
+    weight zero; so ``engine`` fills a copy whose Convolution and InnerProduct layers without a
+    weight_filler get Caffe's msra filler, and the activations stay of ordinary size through fc7.
+    """
+    out = OUT / f"{net.parent.name}_msra_seed{seed}.caffemodel"
     if not out.exists() or out.stat().st_mtime < net.stat().st_mtime:
+        filled = upgrade_net(read_net(net))
+        for layer in filled.layer:
+            param = {"Convolution": layer.convolution_param, "InnerProduct": layer.inner_product_param}.get(layer.type)
+            if param is not None and not param.HasField("weight_filler"):
+                param.weight_filler.type = "msra"
+        copy = write_prototxt(OUT / f"{net.parent.name}_msra.prototxt", filled)
         print(f"making {out} with the {engine.name} engine's fillers", file=sys.stderr)
-        engine.init_weights(net, out, seed)
+        engine.init_weights(copy, out, seed)
     return out
 
 
@@ -304,6 +315,15 @@ def bench_extraction(runner: NetRunner, spec, paths: list[Path], batch: int, out
     done = extract(forward, spec, paths, [path.name for path in paths], out, {"on_bad_image": "fail"}, batch_size=batch)
     spent = time.perf_counter() - began
     return {"images_per_s": done.rows / spent, "images": done.rows, "seconds": round(spent, 3)}
+
+
+def features_difference(folder: Path, names: Sequence[str]) -> float | None:
+    """max |torch - caffe| / max |caffe| over the extracted fc7 features: both engines did the same work."""
+    if not {"torch", "caffe"} <= set(names):
+        return None
+    with h5py.File(folder / "torch.h5", "r") as mine, h5py.File(folder / "caffe.h5", "r") as reference:
+        ours, theirs = mine["features"][:], reference["features"][:]
+    return float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), np.finfo(np.float32).tiny))
 
 
 def bench_decoding(spec, paths: list[Path]) -> dict:
@@ -494,6 +514,8 @@ def render(report: dict) -> str:
         decoding = report["decoding"]
         lines.append(f"JPEG decode + preprocess alone: {decoding['one_thread_images_per_s']:.1f} images/s on one thread, "
                      f"{decoding['pool_images_per_s']:.1f} images/s on the extract stage's thread pool")
+    if report.get("features_difference") is not None:
+        lines.append(f"extracted fc7, torch against caffe: max |difference| / max |caffe| = {report['features_difference']:.1e}")
     lines.append("")
     header = f"{'figure':<52} {'torch':>9} {'caffe':>9} {'torch/caffe':>12} {'target':>8}"
     lines += [header, "-" * len(header)]
@@ -582,6 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["decoding"] = bench_decoding(spec, paths)
         for name, runner in runners.items():
             report["extraction"][name] = bench_extraction(runner, spec, paths, settings["batch"], OUT / "extract" / f"{name}.h5")
+        report["features_difference"] = features_difference(OUT / "extract", list(runners))
     finally:
         for runner in runners.values():
             runner.close()
