@@ -31,7 +31,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import h5py
 import numpy as np
@@ -89,7 +89,8 @@ def machine_facts() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "thread_env": {name: os.environ[name] for name in
-                       ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS") if name in os.environ},
+                       ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "HARRISON_THREADS")
+                       if name in os.environ},
     }
 
 
@@ -555,7 +556,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": settings,
         "machine": machine_facts(),
         "load_average_start": list(os.getloadavg()),
-        "torch": torch_facts(args.gpu),
         "engines": {},
         "skipped": {},
         "targets": TARGETS,
@@ -569,6 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["skipped"][name] = str(exc).splitlines()[0]
     if not engines:
         raise HarrisonError(f"no engine of {args.engines} can run here: {report['skipped']}")
+    report["torch"] = torch_facts(args.gpu)  # after the torch engine has set its thread count
 
     vgg_net = VGG_DIR / "deploy.prototxt"
     spec = load_preprocess_spec(VGG_DIR / "preprocess.yaml")
