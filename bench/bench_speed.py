@@ -47,7 +47,7 @@ from harrison.engines import Engine, NetRunner, get_engine  # noqa: E402
 from harrison.errors import HarrisonError  # noqa: E402
 from harrison.features import extract  # noqa: E402
 from harrison.files import write_json  # noqa: E402
-from harrison.images import load_preprocess_spec  # noqa: E402
+from harrison.images import PreprocessSpec, load_preprocess_spec  # noqa: E402
 from harrison.proto import caffe_pb2  # noqa: E402
 from harrison.proto.io import read_net, read_solver, upgrade_net, write_prototxt  # noqa: E402
 
@@ -304,7 +304,7 @@ def synthetic_jpegs(folder: Path, count: int, size: tuple[int, int] = (640, 640)
     return paths
 
 
-def bench_extraction(runner: NetRunner, spec, paths: list[Path], batch: int, out: Path) -> dict:
+def bench_extraction(runner: NetRunner, spec: PreprocessSpec, paths: list[Path], batch: int, out: Path) -> dict:
     """Images per second of the extract stage's pipeline (decode + preprocess overlapped with forward)."""
     for stale in (out, out.with_name(out.name + ".partial")):
         stale.unlink(missing_ok=True)
@@ -327,7 +327,7 @@ def features_difference(folder: Path, names: Sequence[str]) -> float | None:
     return float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), np.finfo(np.float32).tiny))
 
 
-def bench_decoding(spec, paths: list[Path]) -> dict:
+def bench_decoding(spec: PreprocessSpec, paths: list[Path]) -> dict:
     """Decode + preprocess rate alone: one thread, and the extract stage's thread pool without a net."""
     from harrison.images import load_batches, load_rgb, preprocess
 
