@@ -11,6 +11,7 @@ with the same identity resumes at ``done``; the file is renamed to ``<name>.h5``
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -30,6 +31,11 @@ IDENTITY_KEYS = ("net_sha256", "weights_sha256", "preprocess_sha256", "list_sha2
 STRING = h5py.string_dtype("utf-8")
 SHARD_PATTERN = re.compile(r"^(?P<split>[^.]+)\.shard(?P<k>\d+)-of-(?P<n>\d+)\.h5$")
 MERGE_ROWS = 4096
+# Bytes reserved on disk while a partial file is made, besides its features: per row (the image name's and
+# reason's variable-length records, the valid flag) and for the file's own structures. HDF5 cannot recover from
+# a write that fails for want of space (it crashes on closing), so the space is taken before HDF5 needs it.
+RESERVE_PER_ROW = 128
+RESERVE_FIXED = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +143,8 @@ def extract(
         handle = None
     finally:
         if handle is not None:
-            handle.close()
+            with contextlib.suppress(OSError, RuntimeError):  # a failed write's error is the one to report
+                handle.close()
     with h5py.File(out, "r") as final:
         count = final["features"].shape[0]
     return Extraction(out, count, bad, resumed_at)
@@ -165,12 +172,22 @@ def _open_partial(partial: Path, attrs: Mapping[str, object]) -> tuple[h5py.File
 
 
 def _create_partial(partial: Path, attrs: Mapping[str, object], names: Sequence[str], dim: int) -> h5py.File:
+    """A new partial file with every row allocated, its disk space reserved before HDF5 writes any of it."""
     try:
         partial.parent.mkdir(parents=True, exist_ok=True)
         handle = h5py.File(partial, "w")
     except OSError as exc:
         raise HarrisonError(f"cannot write {partial}: {exc}; choose a writable --workdir") from exc
     count = len(names)
+    size = count * (dim * 4 + RESERVE_PER_ROW) + sum(len(name.encode("utf-8")) for name in names) + RESERVE_FIXED
+    try:
+        os.posix_fallocate(handle.id.get_vfd_handle(), 0, size)
+    except OSError as exc:
+        handle.close()
+        partial.unlink()
+        raise HarrisonError(f"cannot write {partial}: {exc.strerror} (it needs {size / 2**20:.1f} MiB): the disk is full "
+                            "or a file-size limit (ulimit -f) is in the way; free space or choose another --workdir, "
+                            "then rerun") from exc
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     handle.create_dataset("features", shape=(count, dim), dtype=np.float32, dcpl=dcpl)
@@ -180,6 +197,7 @@ def _create_partial(partial: Path, attrs: Mapping[str, object], names: Sequence[
     handle.attrs.update(attrs)
     handle.attrs["done"] = int(attrs["start"])
     handle.flush()
+    os.ftruncate(handle.id.get_vfd_handle(), handle.id.get_filesize())  # keep the rows' space, free the rest
     return handle
 
 
@@ -192,7 +210,7 @@ def _write_batch(handle: h5py.File, partial: Path, offset: int, values: np.ndarr
             handle["reason"][offset + row] = error.reason
         handle.attrs["done"] = batch.start + len(values)
         handle.flush()
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # h5py reports a failed flush as RuntimeError
         raise HarrisonError(f"cannot write {partial}: {exc} (is the disk full?); free space and rerun: "
                             f"the rows before {batch.start} are kept") from exc
 

@@ -3,6 +3,7 @@ bad images are zero-filled, skipped or fatal. The net here is a fixed linear map
 tests/test_stages_*.py run the real engines)."""
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ from PIL import Image
 
 from harrison.errors import HarrisonError
 from harrison.features import (
+    RESERVE_FIXED,
     Shard,
     extract,
     find_shards,
@@ -222,3 +224,21 @@ def test_a_full_disk_is_a_clear_error_and_the_rows_written_are_kept(images, tmp_
     monkeypatch.undo()
     result = extract(linear, SPEC, paths, names, out, IDENTITY, batch_size=4)
     assert result.resumed_at == 8 and np.array_equal(read(out)[0], reference)
+
+
+def test_a_file_size_limit_is_a_clear_error_before_hdf5_writes_and_leaves_nothing(images, tmp_path):
+    """The partial file's space is reserved up front: a limit that cannot hold it fails cleanly (HDF5 itself would
+    crash closing a file whose write failed); without the limit the run completes and the reserve is given back."""
+    paths, names = images
+    out = tmp_path / "f" / "limited.h5"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        with pytest.raises(HarrisonError, match=r"limited\.h5\.partial: File too large .*disk is full or a file-size limit"):
+            # 12000 values a row: the features need more than the limit
+            extract(lambda b: np.tile(linear(b), (1, 2000)), SPEC, paths, names, out, IDENTITY, batch_size=4)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert list(out.parent.iterdir()) == []
+    extract(linear, SPEC, paths, names, out, IDENTITY, batch_size=4)
+    assert out.stat().st_size < 23 * 6 * 4 + RESERVE_FIXED // 2

@@ -239,8 +239,6 @@ def test_mismatched_inputs_are_refused_before_work(reference, tmp_path, capsys):
     assert f"has {classes} outputs" in err and f"{classes - 1} classes" in err
 
 
-@pytest.mark.xfail(reason="harrison/features.py: an HDF5 write that fails mid-extraction ends in a traceback "
-                          "(and a crash of h5py), not a HarrisonError", strict=False)
 def test_full_disk_during_extraction_is_a_clear_error(reference, tmp_path):
     config, ref = reference
     work = copy_run(ref, tmp_path / "run", "dataset", "weights", "features")
