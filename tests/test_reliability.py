@@ -201,7 +201,7 @@ def test_divergence_names_the_iteration_and_keeps_earlier_snapshots(reference, t
         request.getfixturevalue("caffe_engine")
     _, ref = reference
     work = copy_run(ref, tmp_path / "run", "dataset", "weights", "features")
-    solver = solver_copy(tmp_path / "solver.prototxt", base_lr=1e3, max_iter=100, snapshot=1, display=1, test_interval=1000)
+    solver = solver_copy(tmp_path / "solver.prototxt", base_lr=1e8, max_iter=100, snapshot=1, display=1, test_interval=1000)
     config = derive_config(ref.parent / "config.yaml", tmp_path / "config.yaml",
                            {"workdir": str(work), f"models.{MODEL}.solver": str(solver)})
     stage = Stage("train", "--config", str(config), "--engine", engine, "--model", MODEL)
