@@ -61,3 +61,11 @@ for model in $models; do
 done
 step "Table 1";                  $harrison table "${common[@]}"
 step "report";                   $harrison report "${common[@]}"
+
+results=$(.venv/bin/python -c 'import sys; from harrison.config import load_config; print(load_config(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None).workdir / "results")' "$config" ${workdir:+"$workdir"})
+cat >&2 <<DONE
+
+Done. Table 1: $results/table1.md (also .csv, .json)
+Report (open in a browser): $results/report/index.html
+Hashtags for your own photos: .venv/bin/harrison recommend ${common[*]} PHOTO...
+DONE
