@@ -2,7 +2,8 @@
 
 For each model (``--model`` picks one; default all of the config's) this builds ``models/<model>/data/``
 from the feature files, writes the materialised solver and nets, and runs the engine's solver, resuming
-from the newest ``.solverstate`` in ``snapshots/`` after an interruption. The log is kept as
+from the newest ``.solverstate`` in ``snapshots/`` after an interruption (passing over snapshots whose
+weights are not finite, which a diverged run leaves). The log is kept as
 ``train.log`` (Caffe's format) and turned into ``loss.csv`` and ``loss.png``. A model whose final snapshot
 exists and whose manifest is current is skipped.
 """
@@ -16,6 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
+import numpy as np
+
 from harrison import caffelog
 from harrison.classifier_data import ModelData, build_data, materialise, model_folder
 from harrison.config import Config, add_config_arguments, config_from_args
@@ -24,7 +28,7 @@ from harrison.errors import HarrisonError
 from harrison.files import sha256
 from harrison.manifest import checksums, read_manifest, write_manifest
 from harrison.proto import caffe_pb2
-from harrison.proto.io import read_solver
+from harrison.proto.io import blob_to_array, layer_blobs, read_caffemodel, read_solver, read_solverstate
 from harrison.stages.extract import sigterm_as_interrupt
 
 
@@ -44,10 +48,11 @@ def models_of(config: Config, model: str | None) -> list[str]:
 
 
 def snapshot_files(solver_copy: Path) -> tuple[Path, str, int]:
-    """The snapshot prefix, file suffix ('' or '.h5') and max_iter of a materialised solver."""
+    """The snapshot prefix (a relative one under the solver's folder, as the engines run there), file suffix
+    ('' or '.h5') and max_iter of a materialised solver."""
     solver = read_solver(solver_copy)
     suffix = ".h5" if solver.snapshot_format == caffe_pb2.SolverParameter.HDF5 else ""
-    return Path(solver.snapshot_prefix), suffix, int(solver.max_iter)
+    return solver_copy.parent / solver.snapshot_prefix, suffix, int(solver.max_iter)
 
 
 def final_weights(solver_copy: Path) -> Path:
@@ -56,13 +61,55 @@ def final_weights(solver_copy: Path) -> Path:
     return Path(f"{prefix}_iter_{max_iter}.caffemodel{suffix}")
 
 
-def latest_state(solver_copy: Path) -> Path | None:
-    """The .solverstate with the highest iteration in the snapshot folder, if any."""
+def resumable_state(solver_copy: Path) -> tuple[Path | None, list[Path]]:
+    """The newest .solverstate whose weights and history are all finite, and the newer ones passed over.
+
+    A diverged run leaves snapshots taken at (or after) the divergence, holding NaN or inf; resuming from one
+    would only diverge again at once, so the search goes back to the last snapshot that is still sound.
+    """
     prefix, suffix, _ = snapshot_files(solver_copy)
     pattern = re.compile(re.escape(prefix.name) + r"_iter_(\d+)\.solverstate" + re.escape(suffix) + "$")
     states = [(int(m[1]), path) for path in prefix.parent.glob(f"{prefix.name}_iter_*.solverstate{suffix}")
               if (m := pattern.match(path.name))]
-    return max(states)[1] if states else None
+    skipped = []
+    for _, path in sorted(states, reverse=True):
+        if state_is_finite(path, solver_copy.parent):
+            return path, skipped
+        skipped.append(path)
+    return None, skipped
+
+
+def state_is_finite(state: Path, folder: Path) -> bool:
+    """Whether a .solverstate (binary or HDF5) and its learned_net .caffemodel hold only finite values.
+
+    ``learned_net`` resolves against ``folder`` (the solver's, where the engines run). A state or weights
+    file that is missing or cannot be read counts as not finite: it cannot be resumed from either.
+    """
+    try:
+        if state.suffix == ".h5":
+            with h5py.File(state, "r") as handle:
+                learned_net = handle["learned_net"][()]
+                learned_net = learned_net.decode() if isinstance(learned_net, bytes) else str(learned_net)
+            return _h5_finite(state) and _h5_finite(folder / learned_net)
+        proto_state = read_solverstate(state)
+        arrays = [blob_to_array(blob) for blob in proto_state.history]
+        arrays += [blob for blobs in layer_blobs(read_caffemodel(folder / proto_state.learned_net)).values() for blob in blobs]
+    except (HarrisonError, OSError, KeyError):
+        return False
+    return all(np.isfinite(array).all() for array in arrays)
+
+
+def _h5_finite(path: Path) -> bool:
+    """Whether every floating-point dataset of an HDF5 file is finite."""
+    arrays = []
+
+    def collect(_: str, item: object) -> None:
+        if isinstance(item, h5py.Dataset) and item.dtype.kind == "f":
+            arrays.append(item[()])
+
+    with h5py.File(path, "r") as handle:
+        handle.visititems(collect)
+    return all(np.isfinite(array).all() for array in arrays)
 
 
 def train_inputs(data: ModelData, copies: dict[str, Path]) -> list[Path]:
@@ -106,7 +153,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{folder}: trained and current, skipped", file=sys.stderr)
                 continue
             log = folder / "train.log"
-            state = latest_state(copies["solver"]) if same_run else None
+            state, skipped = resumable_state(copies["solver"]) if same_run else (None, [])
+            if skipped:
+                print(f"{model}: passing over {', '.join(path.name for path in skipped)}: weights not finite (the run "
+                      "diverged there) or unreadable", file=sys.stderr)
             if not same_run:
                 shutil.rmtree(final.parent, ignore_errors=True)
                 final.parent.mkdir(parents=True)
