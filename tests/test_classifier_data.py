@@ -169,9 +169,9 @@ def test_evaluate_refuses_weights_with_another_class_count_or_input_width(run, t
         return write_caffemodel(tmp_path / f"w{outputs}_{width}.caffemodel", net)
 
     check_weights(copies["deploy"], weights(CLASSES, 8), CLASSES, 8)
-    with pytest.raises(HarrisonError, match=r"has 3 outputs in layer 'fc_out' but the test labels have 4 classes"):
+    with pytest.raises(HarrisonError, match=r"has 3 outputs in layer 'fc_out' but the dataset has 4 classes"):
         check_weights(copies["deploy"], weights(3, 8), CLASSES, 8)
-    with pytest.raises(HarrisonError, match=r"expects 6-d inputs .* test data is 8-d"):
+    with pytest.raises(HarrisonError, match=r"expects 6-d inputs .* features are 8-d"):
         check_weights(copies["deploy"], weights(CLASSES, 6), CLASSES, 8)
 
 

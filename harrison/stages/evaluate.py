@@ -60,12 +60,12 @@ def check_weights(deploy: Path, weights: Path, num_classes: int, width: int) -> 
         raise HarrisonError(f"{weights} has no weights for layer {out.name!r} of {deploy}; retrain the model")
     outputs = int(np.prod(blobs[out.name][0].shape[:-1]))
     if outputs != num_classes:
-        raise HarrisonError(f"{weights} has {outputs} outputs in layer {out.name!r} but the test labels have {num_classes} "
+        raise HarrisonError(f"{weights} has {outputs} outputs in layer {out.name!r} but the dataset has {num_classes} "
                             "classes; retrain the model on this dataset")
     first = next(layer for layer in net.layer if layer.type == "InnerProduct")
     if first.name in blobs and blobs[first.name][0].shape[-1] != width:
         raise HarrisonError(f"{weights} expects {blobs[first.name][0].shape[-1]}-d inputs at layer {first.name!r} "
-                            f"but the test data is {width}-d; retrain the model on these features")
+                            f"but the features are {width}-d; retrain the model on these features")
 
 
 def run(args: argparse.Namespace) -> int:
