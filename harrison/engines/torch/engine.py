@@ -128,9 +128,9 @@ class TorchEngine(Engine):
         if self.gpu is None:
             # every forward allocates its activations afresh: reuse the heap instead of faulting in new pages
             # (VGG-16 at batch 10: 127,000 page faults per batch, 9% of the CPU time, otherwise)
-            from harrison.engines.torch.solver import _keep_freed_memory
+            from harrison.engines.torch.solver import keep_freed_memory
 
-            _keep_freed_memory()
+            keep_freed_memory()
         torch_net = self._net(net, "TEST")
         if weights is not None:
             torch_net.load_caffemodel(_existing(weights, "weights"))

@@ -80,7 +80,7 @@ def snapshot_prefix(param: caffe_pb2.SolverParameter, solver_path: str | os.Path
     return param.snapshot_prefix
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Have glibc keep freed memory for reuse instead of returning large blocks to the system.
 
     Every backward pass allocates fresh gradient tensors (216 MB for the paper's classifier); by default
@@ -169,7 +169,7 @@ class SGDSolver:
         self.log = log
         self.device = torch.device(device)
         if self.device.type == "cpu":
-            _keep_freed_memory()
+            keep_freed_memory()
         self.prefix = snapshot_prefix(self.param, self.path, self.root)
         if (self.param.snapshot or self.param.snapshot_after_train) and not (self.root / self.prefix).parent.is_dir():
             raise HarrisonError(f"{self.path}: cannot write snapshots to prefix {self.prefix!r}: its folder does not exist; create it")
