@@ -7,7 +7,9 @@ what made it: ``net_sha256``, ``weights_sha256``, ``preprocess_sha256``, ``list_
 
 While extraction runs it writes ``<name>.h5.partial``: every row is allocated up front, each finished batch
 is written and flushed, and the attribute ``done`` records how many rows of the range are final. A rerun
-with the same identity resumes at ``done``; the file is renamed to ``<name>.h5`` when complete.
+with the same identity resumes at ``done``; the file is renamed to ``<name>.h5`` when complete. The disk space
+of every row is reserved when the file is made, so a full disk or a file-size limit is a clear error before
+HDF5 writes (HDF5 cannot close a file whose write failed, and crashes).
 """
 from __future__ import annotations
 
@@ -179,15 +181,7 @@ def _create_partial(partial: Path, attrs: Mapping[str, object], names: Sequence[
     except OSError as exc:
         raise HarrisonError(f"cannot write {partial}: {exc}; choose a writable --workdir") from exc
     count = len(names)
-    size = count * (dim * 4 + RESERVE_PER_ROW) + sum(len(name.encode("utf-8")) for name in names) + RESERVE_FIXED
-    try:
-        os.posix_fallocate(handle.id.get_vfd_handle(), 0, size)
-    except OSError as exc:
-        handle.close()
-        partial.unlink()
-        raise HarrisonError(f"cannot write {partial}: {exc.strerror} (it needs {size / 2**20:.1f} MiB): the disk is full "
-                            "or a file-size limit (ulimit -f) is in the way; free space or choose another --workdir, "
-                            "then rerun") from exc
+    _reserve(handle, partial, count * dim * 4, names)
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     handle.create_dataset("features", shape=(count, dim), dtype=np.float32, dcpl=dcpl)
@@ -196,9 +190,31 @@ def _create_partial(partial: Path, attrs: Mapping[str, object], names: Sequence[
     handle.create_dataset("reason", shape=(count,), dtype=STRING)
     handle.attrs.update(attrs)
     handle.attrs["done"] = int(attrs["start"])
-    handle.flush()
-    os.ftruncate(handle.id.get_vfd_handle(), handle.id.get_filesize())  # keep the rows' space, free the rest
+    _trim(handle)
     return handle
+
+
+def _reserve(handle: h5py.File, path: Path, data_bytes: int, texts: Sequence[str]) -> None:
+    """Take the disk space a new HDF5 file will need (``data_bytes`` of numbers and the strings ``texts``).
+
+    A full disk or a file-size limit then shows here, before HDF5 writes: the file is removed and the error
+    says what is in the way.
+    """
+    size = data_bytes + len(texts) * RESERVE_PER_ROW + sum(len(text.encode("utf-8")) for text in texts) + RESERVE_FIXED
+    try:
+        os.posix_fallocate(handle.id.get_vfd_handle(), 0, size)
+    except OSError as exc:
+        handle.close()
+        path.unlink()
+        raise HarrisonError(f"cannot write {path}: {exc.strerror} (it needs {size / 2**20:.1f} MiB): the disk is full "
+                            "or a file-size limit (ulimit -f) is in the way; free space or choose another --workdir, "
+                            "then rerun (what was written before is kept)") from exc
+
+
+def _trim(handle: h5py.File) -> None:
+    """Flush ``handle`` and give back the reserved space beyond what HDF5 has allocated (which stays reserved)."""
+    handle.flush()
+    os.ftruncate(handle.id.get_vfd_handle(), handle.id.get_filesize())
 
 
 def _write_batch(handle: h5py.File, partial: Path, offset: int, values: np.ndarray, batch: Batch) -> None:
@@ -225,14 +241,16 @@ def _finish(handle: h5py.File, partial: Path, out: Path, skip_bad: bool) -> list
         kept = np.flatnonzero(valid)
         compact = partial.with_name(partial.name + ".compact")
         with h5py.File(compact, "w") as target:
-            target.attrs.update(dict(handle.attrs))
             source = handle["features"]
+            _reserve(target, compact, len(kept) * source.shape[1] * 4, names + reasons)
+            target.attrs.update(dict(handle.attrs))
             features = target.create_dataset("features", shape=(len(kept), source.shape[1]), dtype=np.float32)
             for first in range(0, len(kept), MERGE_ROWS):
                 chunk = kept[first : first + MERGE_ROWS]
                 features[first : first + len(chunk)] = source[chunk[0] : chunk[-1] + 1][chunk - chunk[0]]
             target.create_dataset("image", data=np.array([names[i] for i in kept], dtype=object), dtype=STRING)
             _write_bad(target, bad)
+            _trim(target)
         handle.close()
         os.replace(compact, partial)
     else:

@@ -3,6 +3,8 @@ bad images are zero-filled, skipped or fatal. The net here is a fixed linear map
 tests/test_stages_*.py run the real engines)."""
 from __future__ import annotations
 
+import errno
+import os
 import resource
 import subprocess
 import sys
@@ -242,3 +244,28 @@ def test_a_file_size_limit_is_a_clear_error_before_hdf5_writes_and_leaves_nothin
     assert list(out.parent.iterdir()) == []
     extract(linear, SPEC, paths, names, out, IDENTITY, batch_size=4)
     assert out.stat().st_size < 23 * 6 * 4 + RESERVE_FIXED // 2
+
+
+def test_no_space_for_the_compacted_file_keeps_the_finished_rows(images, tmp_path, monkeypatch):
+    """With on_bad_image=skip the finished rows are copied into a compact file; no room for it is a clear error
+    and the rerun only compacts again."""
+    paths, names = images
+    identity = {**IDENTITY, "on_bad_image": "skip"}
+    reference, reference_names = read(extract(linear, SPEC, paths, names, tmp_path / "a.h5", identity, batch_size=4).path)
+    real_fallocate = os.posix_fallocate
+
+    def full_for_the_compact_file(fd, offset, length):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".compact"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fallocate(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", full_for_the_compact_file)
+    out = tmp_path / "b.h5"
+    with pytest.raises(HarrisonError, match=r"b\.h5\.partial\.compact: No space left on device .*the disk is full"):
+        extract(linear, SPEC, paths, names, out, identity, batch_size=4)
+    monkeypatch.undo()
+    assert [path.name for path in tmp_path.glob("b.h5*")] == ["b.h5.partial"]
+    result = extract(linear, SPEC, paths, names, out, identity, batch_size=4)
+    assert result.resumed_at == 23 and result.rows == 22
+    features, stored = read(out)
+    assert np.array_equal(features, reference) and stored == reference_names
