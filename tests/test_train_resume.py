@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from harrison.cli import main
@@ -72,6 +73,23 @@ def diverged_snapshot(snapshots: Path, iteration: int) -> None:
     for index, blob in enumerate(state.history):
         state.history[index].CopyFrom(array_to_blob(np.full(blob_to_array(blob).shape, np.nan, np.float32)))
     write_solverstate(snapshots / f"{MODEL}_iter_{iteration}.solverstate", state)
+
+
+def test_hdf5_snapshots_are_checked_the_same_way(tmp_path):
+    """snapshot_format: HDF5 leaves ``.solverstate.h5`` (learned_net a string, history/<i>) and ``.caffemodel.h5``
+    (data/<layer>/<i>), as Caffe writes them."""
+    (tmp_path / "snapshots").mkdir()
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('net: "net.prototxt"\nmax_iter: 60\nsnapshot_prefix: "snapshots/m"\nsnapshot_format: HDF5\n')
+    for iteration, weight in ((10, 1.0), (20, np.inf)):
+        model = f"snapshots/m_iter_{iteration}.caffemodel.h5"
+        with h5py.File(tmp_path / model, "w") as handle:
+            handle["data/fc/0"] = np.full((2, 3), weight, np.float32)
+        with h5py.File(tmp_path / f"snapshots/m_iter_{iteration}.solverstate.h5", "w") as handle:
+            handle["iter"], handle["learned_net"], handle["current_step"] = iteration, np.bytes_(model), 0
+            handle["history/0"] = np.zeros((2, 3), np.float32)
+    state, skipped = resumable_state(solver)
+    assert state.name == "m_iter_10.solverstate.h5" and [path.name for path in skipped] == ["m_iter_20.solverstate.h5"]
 
 
 def test_a_rerun_after_divergence_resumes_from_the_last_finite_snapshot(tmp_path, capsys):
