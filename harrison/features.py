@@ -198,8 +198,10 @@ def _reserve(handle: h5py.File, path: Path, data_bytes: int, texts: Sequence[str
     """Take the disk space a new HDF5 file will need (``data_bytes`` of numbers and the strings ``texts``).
 
     A full disk or a file-size limit then shows here, before HDF5 writes: the file is removed and the error
-    says what is in the way.
+    says what is in the way. Where the system has no ``posix_fallocate`` (macOS), nothing is reserved.
     """
+    if not hasattr(os, "posix_fallocate"):
+        return
     size = data_bytes + len(texts) * RESERVE_PER_ROW + sum(len(text.encode("utf-8")) for text in texts) + RESERVE_FIXED
     try:
         os.posix_fallocate(handle.id.get_vfd_handle(), 0, size)

@@ -112,15 +112,31 @@ def reference(tmp_path_factory):
     return config, folder / "run"
 
 
-def test_extraction_resumes_after_sigterm_and_kill(reference, tmp_path):
-    config, ref = reference
+@pytest.fixture(scope="module")
+def extraction_reference(tmp_path_factory):
+    """An uninterrupted extraction of the object net's train split, long enough (a few seconds) to stop mid-way."""
+    folder = tmp_path_factory.mktemp("reliability-extract")
+    config = small_config(folder, posts=600)
+    common = ["--config", str(config), "--engine", "torch"]
+    assert main(["build-dataset", "--config", str(config)]) == 0
+    assert main(["make-weights", *common]) == 0
+    assert main(["extract", *common, "--feature", "object", "--split", "train", "--batch-size", "4"]) == 0
+    return config, folder / "run"
+
+
+def test_extraction_resumes_after_sigterm_and_kill(extraction_reference, tmp_path):
+    config, ref = extraction_reference
     work = copy_run(ref, tmp_path / "run", "dataset", "weights")
     args = ["extract", "--config", str(config), "--workdir", str(work), "--engine", "torch", "--feature", "object",
             "--split", "train", "--batch-size", "4"]
     final = work / "features" / "object" / "train.h5"
     stage = Stage(*args)
     stage.wait_until(lambda: rows_done(stage, "object/train") >= 4)
-    assert stage.stop(signal.SIGTERM) == 130
+    stage.process.send_signal(signal.SIGSTOP)  # hold it mid-run while the test looks
+    assert not final.exists(), "the extraction finished before it could be stopped"
+    stage.process.send_signal(signal.SIGTERM)
+    stage.process.send_signal(signal.SIGCONT)
+    assert stage.finish() == 130
     assert "interrupted; rerun the same command to resume" in stage.err
     assert not final.exists() and final.with_name("train.h5.partial").exists()
     stage = Stage(*args)
