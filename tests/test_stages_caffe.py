@@ -89,23 +89,27 @@ def copy_inputs(source: Path, target: Path) -> Path:
 
 
 def interrupted_extraction_resumes(workdir: Path, tmp: Path, engine_name: str) -> None:
-    """SIGTERM an extraction once a batch is done; the rerun resumes and equals the uninterrupted file."""
+    """SIGTERM an extraction of the train split once a batch is done; the rerun resumes and equals the uninterrupted file."""
     second = copy_inputs(workdir, tmp / "interrupted")
     command = [sys.executable, "-m", "harrison.cli", "extract", "--workdir", str(second), "--engine", engine_name,
-               "--feature", "object", "--split", "test", "--batch-size", "32"]
+               "--feature", "object", "--split", "train", "--batch-size", "32"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
+    final = second / "features" / "object" / "train.h5"
     seen = ""
     while (char := process.stderr.read(1)):
         seen += char
-        if re.search(r"\b(3[2-9]|[4-9]\d)/100 ", seen):
+        if any(32 <= int(done) < int(total) for done, total in re.findall(r"\b(\d+)/(\d+) \[", seen)):
+            process.send_signal(signal.SIGSTOP)  # hold it while the test looks: it must still be mid-run
+            assert not final.exists(), "the extraction finished before it could be stopped"
             process.send_signal(signal.SIGTERM)
+            process.send_signal(signal.SIGCONT)
             break
     seen += process.stderr.read()
     assert process.wait(timeout=120) == 130, seen
-    partial = second / "features" / "object" / "test.h5.partial"
-    assert partial.exists() and not partial.with_suffix("").exists()
-    harrison("extract", "--workdir", str(second), "--engine", engine_name, "--feature", "object", "--split", "test")
-    with h5py.File(workdir / "features" / "object" / "test.h5", "r") as a, h5py.File(second / "features" / "object" / "test.h5", "r") as b:
+    partial = final.with_name("train.h5.partial")
+    assert partial.exists() and not final.exists()
+    harrison("extract", "--workdir", str(second), "--engine", engine_name, "--feature", "object", "--split", "train")
+    with h5py.File(workdir / "features" / "object" / "train.h5", "r") as a, h5py.File(final, "r") as b:
         assert np.array_equal(a["features"][:], b["features"][:])
         assert list(a["image"][:]) == list(b["image"][:])
 
