@@ -380,35 +380,26 @@ def write_loss_csv(log: TrainingLog, path: str | os.PathLike) -> Path:
 
 def plot_loss(log: TrainingLog, png_path: str | os.PathLike, title: str | None = None) -> Path:
     """Plot the displayed train loss and the test losses against iterations, lr on a second axis (PNG, atomic)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from harrison.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    try:
-        if log.train:
-            ax.plot([r.iteration for r in log.train], [r.loss for r in log.train], label="train loss", lw=1.2)
-        test_losses: dict[str, list[tuple[int, float]]] = {}
-        for row in log.test:
-            if row.loss_weight:
-                test_losses.setdefault(row.name, []).append((row.iteration, row.loss_weight * row.value))
-        for name, points in test_losses.items():
-            ax.plot(*zip(*points), marker="o", ms=3, lw=1.2, label=f"test {name}")
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("loss")
-        rates = [(r.iteration, r.lr) for r in log.train if r.lr is not None]
-        if rates:
-            lr_axis = ax.twinx()
-            lr_axis.plot(*zip(*rates), color="grey", ls="--", lw=0.8, label="lr")
-            lr_axis.set_ylabel("learning rate")
-            lr_axis.legend(loc="upper center", fontsize="small")
-        ax.legend(loc="upper right", fontsize="small")
-        if title:
-            ax.set_title(title)
-        fig.tight_layout()
-        with atomic_path(png_path, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return Path(png_path)
+    if log.train:
+        ax.plot([r.iteration for r in log.train], [r.loss for r in log.train], label="train loss", lw=1.2)
+    test_losses: dict[str, list[tuple[int, float]]] = {}
+    for row in log.test:
+        if row.loss_weight:
+            test_losses.setdefault(row.name, []).append((row.iteration, row.loss_weight * row.value))
+    for name, points in test_losses.items():
+        ax.plot(*zip(*points), marker="o", ms=3, lw=1.2, label=f"test {name}")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    rates = [(r.iteration, r.lr) for r in log.train if r.lr is not None]
+    if rates:
+        lr_axis = ax.twinx()
+        lr_axis.plot(*zip(*rates), color="grey", ls="--", lw=0.8, label="lr")
+        lr_axis.set_ylabel("learning rate")
+        lr_axis.legend(loc="upper center", fontsize="small")
+    ax.legend(loc="upper right", fontsize="small")
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, png_path)

@@ -2,7 +2,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from harrison.cli import main
 from harrison.dataset.build import BuildOptions, build_dataset

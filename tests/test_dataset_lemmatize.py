@@ -1,5 +1,4 @@
 """Tag cleaning and WordNet set-up."""
-import shutil
 from pathlib import Path
 
 import pytest

@@ -30,7 +30,7 @@ def test_rgb_png_comes_back_exactly_in_zero_one(tmp_path):
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "1"])
 def test_other_modes_become_rgb_as_pillow_converts_them(tmp_path, mode):
     image = Image.fromarray(PIXELS).convert(mode)
-    rgb = load_rgb(save(tmp_path, image, f"m.png"))
+    rgb = load_rgb(save(tmp_path, image, "m.png"))
     assert rgb.shape == (12, 16, 3)
     expected = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
     assert np.allclose(rgb, expected, atol=1e-6)

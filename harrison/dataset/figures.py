@@ -5,12 +5,8 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import matplotlib
+from harrison.plots import plt, save_figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend)
-
-from harrison.files import atomic_path  # noqa: E402
 
 TOP_LABELLED = 30
 
@@ -24,7 +20,7 @@ def tags_per_image_figure(histogram: Mapping[str, int], path: str | os.PathLike)
     ax.set_xlabel("hashtags per image")
     ax.set_ylabel("images")
     ax.set_title("Hashtags per image")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def tag_frequency_figure(tags: Sequence[str], counts: Sequence[int], path: str | os.PathLike) -> Path:
@@ -40,12 +36,4 @@ def tag_frequency_figure(tags: Sequence[str], counts: Sequence[int], path: str |
     curve.set_yscale("log")
     curve.set_xlabel("hashtag rank by frequency")
     curve.set_ylabel("images (log)")
-    return _save(fig, path)
-
-
-def _save(fig: "plt.Figure", path: str | os.PathLike) -> Path:
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

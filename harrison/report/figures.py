@@ -5,14 +5,11 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import matplotlib
+from harrison.plots import plt, save_figure
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend)
-from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: E402
-
-from harrison.files import atomic_path  # noqa: E402
-from harrison.report.collect import LossCurve, TagQuality  # noqa: E402
+from harrison.files import atomic_path
+from harrison.report.collect import LossCurve, TagQuality
 
 THUMB_SIZE = (240, 240)
 
@@ -33,7 +30,7 @@ def loss_figure(curves: Mapping[str, LossCurve], labels: Mapping[str, str], path
     ax.set_title("Training of the classifiers")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def tag_quality_figure(rows: Sequence[TagQuality], k: int, path: str | os.PathLike) -> Path:
@@ -49,7 +46,7 @@ def tag_quality_figure(rows: Sequence[TagQuality], k: int, path: str | os.PathLi
     ax.set_ylabel("fraction of test images")
     ax.set_title(f"Per-tag precision and recall when each test image gets its top {k} tags")
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def thumbnail(source: str | os.PathLike, path: str | os.PathLike) -> str | None:
@@ -66,11 +63,3 @@ def thumbnail(source: str | os.PathLike, path: str | os.PathLike) -> str | None:
     with atomic_path(path, suffix=".jpg") as tmp:
         image.save(tmp, format="JPEG", quality=88)
     return None
-
-
-def _save(fig: "plt.Figure", path: str | os.PathLike) -> Path:
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 import h5py
+import lmdb
 import numpy as np
 import torch
 
@@ -157,13 +158,12 @@ class HDF5Data(DataLayer):
         self._advance(batches * self.batch_size, with_data=False)
 
 
-_LMDB_ENVIRONMENTS: dict[Path, "lmdb.Environment"] = {}
+_LMDB_ENVIRONMENTS: dict[Path, lmdb.Environment] = {}
 
 
-def _open_lmdb(path: Path) -> "lmdb.Environment":
+def _open_lmdb(path: Path) -> lmdb.Environment:
     """One read-only environment per database for the process (py-lmdb refuses to open one twice,
     and a TRAIN and a TEST net often read the same database)."""
-    import lmdb
 
     path = path.resolve()
     if path not in _LMDB_ENVIRONMENTS:
@@ -182,7 +182,6 @@ class Data(DataLayer):
     type = "Data"
 
     def setup(self, bottom_shapes: Sequence[Shape]) -> list[ParamBlob]:
-        import lmdb
 
         self.check_bottoms(bottom_shapes, 0)
         if len(self.param.top) not in (1, 2):
