@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="one model of the config (default: all of them)")
     parser.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help="which engine runs the solver (default: auto)")
     parser.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="start from this .caffemodel instead of the fillers (as caffe train -weights; layers match by name)")
 
 
 def models_of(config: Config, model: str | None) -> list[str]:
@@ -134,6 +136,8 @@ def outputs_intact(manifest: dict) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    if args.weights is not None and not args.weights.is_file():
+        raise HarrisonError(f"--weights {args.weights}: no such .caffemodel; give the file to start training from")
     engine = None
     with sigterm_as_interrupt():
         for model in models_of(config, args.model):
@@ -141,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             data = build_data(config, model)
             copies = materialise(config, model, data)
             final = final_weights(copies["solver"])
-            inputs = train_inputs(data, copies)
+            inputs = train_inputs(data, copies) + ([args.weights.resolve()] if args.weights else [])
             if engine is None:
                 engine, reason = get_engine(args.engine, args.gpu)
                 print(f"engine: {engine.name} ({reason})", file=sys.stderr)
@@ -165,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{model}: training {data.counts['train']} x {data.total_dim} -> {data.num_classes}"
                   + (f", resuming from {state.name}" if state else ""), file=sys.stderr)
             began = time.time()
-            result = engine.train(copies["solver"], log=log, resume=state)
+            result = engine.train(copies["solver"], log=log, resume=state, weights=None if state else args.weights)
             seconds = time.time() - began
             parsed = caffelog.parse_log(log)
             outputs = [result.weights, caffelog.write_loss_csv(parsed, folder / "loss.csv"),
