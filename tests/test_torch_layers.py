@@ -10,6 +10,7 @@ from google.protobuf import text_format
 
 from harrison.engines.torch.fillers import fans, fill
 from harrison.engines.torch.layers import LAYERS, caffe_pooled_size
+from harrison.engines.torch.linear import linear
 from harrison.errors import HarrisonError
 from harrison.proto import caffe_pb2
 
@@ -155,6 +156,24 @@ def test_inner_product_axis_and_transpose(transpose):
     weight = w if transpose else w.T
     np.testing.assert_allclose(got, x.reshape(2, 3, 20) @ weight + b, rtol=1e-5, atol=1e-5)
     assert layer.top_shapes([shape], [blobs[0].shape, (7,)]) == [(2, 3, 7)]
+
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_products_and_gradients_equal_torch_linear(bias):
+    """The oneDNN path of InnerProduct (2-D float32 on CPU) gives F.linear's values and gradients."""
+    generator = torch.Generator().manual_seed(5)
+    x, w, b, g = (torch.randn(s, generator=generator) for s in ((6, 40), (9, 40), (9,), (6, 9)))
+    grads = []
+    for fn in (linear, torch.nn.functional.linear):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        y = fn(leaves[0], leaves[1], leaves[2] if bias else None)
+        (y * g).sum().backward()
+        grads.append([y.detach()] + [t.grad for t in leaves[: 3 if bias else 2]])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x, w, None), x @ w.T, rtol=1e-5, atol=1e-5)
 
 
 # ---- element-wise and shape layers -------------------------------------------------------------

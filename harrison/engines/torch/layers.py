@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harrison.engines.torch.linear import linear
 from harrison.errors import HarrisonError
 from harrison.proto import caffe_pb2
 
@@ -305,7 +306,7 @@ class InnerProduct(Layer):
         if self.transpose:
             y = x @ params[0]
             return [y + bias if bias is not None else y]
-        return [F.linear(x, params[0], bias)]
+        return [linear(x, params[0], bias)]
 
 
 class Dropout(Layer):
