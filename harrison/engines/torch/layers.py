@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from harrison.engines.torch.linear import linear
+from harrison.engines.torch.onednn import onednn_op
 from harrison.errors import HarrisonError
 from harrison.proto import caffe_pb2
 
@@ -152,15 +153,8 @@ class Convolution(Layer):
                                 self.group, "relu", [], "")]
 
 
-def _fused_conv_relu():
-    """torch's oneDNN convolution with a ReLU post-op, where this build of torch has it."""
-    try:
-        return torch.ops.mkldnn._convolution_pointwise.default if torch.backends.mkldnn.is_available() else None
-    except (AttributeError, RuntimeError):
-        return None
-
-
-FUSED_CONV_RELU = _fused_conv_relu()
+FUSED_CONV_RELU = onednn_op("_convolution_pointwise")
+"""oneDNN's convolution with a post-op (here ReLU), where this build of torch has it."""
 
 
 def caffe_pooled_size(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:

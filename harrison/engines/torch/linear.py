@@ -11,16 +11,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def _onednn_linear():
-    """torch's oneDNN linear operation (input, weight, bias, post-op...), where this build has it."""
-    try:
-        return torch.ops.mkldnn._linear_pointwise.default if torch.backends.mkldnn.is_available() else None
-    except (AttributeError, RuntimeError):
-        return None
+from harrison.engines.torch.onednn import onednn_op
 
 
-ONEDNN_LINEAR = _onednn_linear()
+ONEDNN_LINEAR = onednn_op("_linear_pointwise")
+"""oneDNN's linear operation (input, weight, bias, post-op...), where this build of torch has it."""
 
 
 def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
