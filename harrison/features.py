@@ -114,13 +114,15 @@ def extract(
     rows: tuple[int, int] | None = None,
     workers: int | None = None,
     progress: str | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> Extraction:
     """Run ``forward`` (a batch of preprocessed images -> B x D features) over ``paths[start:stop]`` into ``out``.
 
     ``names`` are the image paths as the split lists them (stored in ``image``). Resumes a ``.partial``
     left by an interrupted run with the same identity and range; starts afresh (saying so) otherwise.
     ``identity["on_bad_image"]`` decides what happens to an image that cannot be decoded: ``zero`` keeps a
-    zero row, ``skip`` leaves the row out, ``fail`` stops with the image's error.
+    zero row, ``skip`` leaves the row out, ``fail`` stops with the image's error. ``notes`` are stored as
+    attributes too but, unlike the identity, do not decide whether a partial file can be resumed.
     """
     start, stop = rows if rows is not None else (0, len(paths))
     attrs = {**identity, "start": start, "stop": stop, "total": len(paths), "batch_size": batch_size}
@@ -136,11 +138,11 @@ def extract(
                 values = np.asarray(forward(batch.data), dtype=np.float32).reshape(len(batch.data), -1)
                 values[batch.bad_rows] = 0.0
                 if handle is None:
-                    handle = _create_partial(partial, attrs, names[start:stop], values.shape[1])
+                    handle = _create_partial(partial, {**attrs, **(notes or {})}, names[start:stop], values.shape[1])
                 _write_batch(handle, partial, batch.start - start, values, batch)
                 bar.update(len(values))
         if handle is None:
-            handle = _create_partial(partial, attrs, names[start:stop], 0)
+            handle = _create_partial(partial, {**attrs, **(notes or {})}, names[start:stop], 0)
         bad = _finish(handle, partial, out, identity["on_bad_image"] == "skip")
         handle = None
     finally:
@@ -337,6 +339,9 @@ def merge(shards: Sequence[Path], out: Path) -> int:
         _write_bad(target, bad)
         target.attrs.update(first_identity)
         target.attrs.update({"start": 0, "stop": total, "total": total, "done": total, "merged_from": len(shards), "engine": engine})
+        with h5py.File(shards[0], "r") as first:
+            if "engine_facts" in first.attrs:
+                target.attrs["engine_facts"] = first.attrs["engine_facts"]
     os.replace(partial, out)
     return rows
 

@@ -3,7 +3,6 @@ image), training of the three classifiers (skipped when current, resumed from a 
 three-row Table 1. ``run_chain`` is shared with tests/test_stages_torch.py."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 
 from harrison.cli import main
-from harrison.config import DEFAULT_CONFIG, PROJECT_ROOT, load_config
+from harrison.config import PROJECT_ROOT
 from harrison.lmdb_io import read_imageset
 
 pytestmark = [pytest.mark.caffe, pytest.mark.slow]
@@ -33,12 +32,7 @@ def prepare(workdir: Path, engine) -> None:
     """The demo data, its dataset in ``workdir`` and the demo nets' weights."""
     harrison("make-demo")
     harrison("build-dataset", "--workdir", str(workdir))
-    if importlib.util.find_spec("harrison.stages.make_weights") is not None:
-        harrison("make-weights", "--workdir", str(workdir), "--engine", engine.name)
-    else:
-        config = load_config(DEFAULT_CONFIG, workdir)
-        for feature, section in config["features"].items():
-            engine.init_weights(config.resolve(section["net"]), workdir / "weights" / f"{feature}.caffemodel", int(section["init_seed"]))
+    harrison("make-weights", "--workdir", str(workdir), "--engine", engine.name)
 
 
 def run_chain(workdir: Path, engine) -> None:

@@ -30,7 +30,10 @@ def chain(tmp_path_factory):
 
 def test_demo_chain_with_the_torch_engine(chain):
     check_chain(chain)
-    assert json.loads((chain / "models" / "object_scene" / "manifest.json").read_text())["engine"]["engine"] == "torch"
+    model_engine = json.loads((chain / "models" / "object_scene" / "manifest.json").read_text())["engine"]
+    assert model_engine["engine"] == "torch" and model_engine["chosen_because"] == "--engine torch asked for"
+    feature_engine = json.loads((chain / "features" / "object" / "manifest.json").read_text())["splits"]["test"]["engine_facts"]
+    assert feature_engine["engine"] == "torch" and feature_engine["chosen_because"] == "--engine torch asked for"
     assert json.loads((chain / "eval" / "scene" / "metrics.json").read_text())["engine"] == "torch"
 
 

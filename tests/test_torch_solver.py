@@ -95,9 +95,11 @@ def _caffe_update(weights, grads, history, rate, param, lr_mults, decay_mults):
     {"regularization_type": '"L1"'},
     {"iter_size": 3},
     {"clip_gradients": 0.5},
+    {"momentum": 0},
+    {"momentum": None},  # unset: Caffe's default 0
 ])
 def test_sgd_steps_follow_caffes_order_across_an_lr_change(tmp_path, fields):
-    sgd = _solver(tmp_path, momentum=0.9, weight_decay=0.01, **fields)
+    sgd = _solver(tmp_path, **{"momentum": 0.9, "weight_decay": 0.01, **fields})
     param = sgd.param
     rng = np.random.default_rng(1)
     weights = [item.param.detach().numpy().astype(np.float64) for item in sgd.learnable]

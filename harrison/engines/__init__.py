@@ -34,9 +34,13 @@ def get_engine(name: str = "auto", gpu: int | None = None) -> tuple[Engine, str]
     ``auto`` takes real Caffe when it is found and can run on the asked device, else the torch engine.
     """
     if name != "auto":
-        return engine_class(name).create(gpu), f"--engine {name} asked for"
-    caffe_cls = engine_class("caffe")
-    found, why = caffe_cls.available(gpu)
-    if found:
-        return caffe_cls.create(gpu), f"auto: real Caffe found ({why})"
-    return engine_class("torch").create(gpu), f"auto: torch engine, since real Caffe is not usable ({why})"
+        engine, reason = engine_class(name).create(gpu), f"--engine {name} asked for"
+    else:
+        caffe_cls = engine_class("caffe")
+        found, why = caffe_cls.available(gpu)
+        if found:
+            engine, reason = caffe_cls.create(gpu), f"auto: real Caffe found ({why})"
+        else:
+            engine, reason = engine_class("torch").create(gpu), f"auto: torch engine, since real Caffe is not usable ({why})"
+    engine.chosen_because = reason
+    return engine, reason

@@ -53,6 +53,8 @@ class Engine(abc.ABC):
     """One way of running Caffe files. Obtain one with ``harrison.engines.get_engine``."""
 
     name: str = ""
+    chosen_because: str = "built directly, not through get_engine"
+    """Why this engine runs the work; ``get_engine`` sets it."""
 
     @classmethod
     @abc.abstractmethod
@@ -67,6 +69,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> dict[str, str]:
         """Facts for manifests and ``harrison doctor``: version, device, BLAS, where it was found."""
+
+    def manifest_entry(self) -> dict[str, str]:
+        """What a stage's manifest records of the engine: ``describe()`` and why it was chosen."""
+        return {**self.describe(), "chosen_because": self.chosen_because}
 
     @abc.abstractmethod
     def load_net(self, net: str | os.PathLike, weights: str | os.PathLike | None) -> NetRunner:

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             write_json(out_dir / "metrics.json", metrics)
             write_manifest(out_dir, "evaluate", inputs=[deploy, weights, *tests],
                            outputs=[out_dir / "scores.h5", out_dir / "metrics.json"], settings=settings,
-                           extra={"engine": engine.describe()})
+                           extra={"engine": engine.manifest_entry()})
         print(table_row(model, metrics))
     return 0
 

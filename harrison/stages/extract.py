@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import signal
 import sys
 import time
@@ -119,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
                     began = time.time()
                     result = extract(forward, spec, [root / image for image in images], images, out,
                                      {**identity, "engine": engine.name}, batch_size=args.batch_size, rows=rows, workers=args.workers,
-                                     progress=f"{feature}/{split}")
+                                     progress=f"{feature}/{split}",
+                                     notes={"engine_facts": json.dumps(engine.manifest_entry(), sort_keys=True)})
                     print(f"{out}: {result.rows} rows in {time.time() - began:.1f} s", file=sys.stderr)
                     _report_bad(result.bad, args.on_bad_image)
             finally:
@@ -173,6 +175,7 @@ def write_feature_manifest(config: Config, feature: str, files: dict[str, Path])
                 "rows": int(handle["features"].shape[0]),
                 "dim": int(handle["features"].shape[1]),
                 "engine": str(handle.attrs.get("engine", "")),
+                "engine_facts": json.loads(handle.attrs.get("engine_facts", "{}")),
                 "on_bad_image": str(handle.attrs["on_bad_image"]),
                 "bad_images": [list(pair) for pair in read_bad(out)],
                 **read_identity(out),

@@ -47,7 +47,7 @@ def make_weights(engine: Engine, net: Path, out: Path, seed: int) -> Path:
     engine.init_weights(net, out, seed)
     write_json(record_path(out), {
         "net": str(net), "net_sha256": sha256(net), "seed": seed,
-        "weights_sha256": sha256(out), "engine": engine.describe(),
+        "weights_sha256": sha256(out), "engine": engine.manifest_entry(),
     })
     return out
 

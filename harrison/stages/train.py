@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
             if result.state is not None:
                 outputs.append(result.state)
             write_manifest(folder, "train", inputs=inputs, outputs=outputs, settings=settings,
-                           extra={"status": "done", "engine": engine.describe(), "seconds": round(seconds, 1),
+                           extra={"status": "done", "engine": engine.manifest_entry(), "seconds": round(seconds, 1),
                                   "iterations": result.iterations, "weights": str(result.weights)})
             print(f"{model}: {result.weights} after {result.iterations} iterations ({seconds:.0f} s)", file=sys.stderr)
     return 0

@@ -287,7 +287,7 @@ class SGDSolver:
                 for batch in range(batches):
                     blobs = net.forward()
                     if self.param.test_compute_loss:
-                        loss += np.float32(net.loss(blobs))
+                        loss += np.float32(net.loss(blobs).item())
                     outputs = self._outputs(net, blobs)
                     if batch == 0:
                         totals = [(name, values.to(torch.float32).clone(), weight) for name, values, weight in outputs]
@@ -348,6 +348,10 @@ class SGDSolver:
                 if self._scales[index]:
                     buffer.mul_(self._scales[index] / local_rate)
                 self._scales[index] = local_rate
+            if momentum == 0.0:  # torch's fused SGD takes no history buffer without momentum
+                torch.add(grad, item.param, alpha=decay, out=buffer)
+                item.param.sub_(buffer, alpha=local_rate)
+                continue
             torch._fused_sgd_([item.param], [grad], [buffer], weight_decay=decay, momentum=momentum, lr=local_rate,
                               dampening=0.0, nesterov=False, maximize=False, is_first_step=False)
 
