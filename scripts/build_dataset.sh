@@ -4,5 +4,4 @@
 #           scripts/build_dataset.sh --release ../shared/harrison-release --out runs/release/dataset
 #           scripts/build_dataset.sh --crawl my_crawl.jsonl --image-root photos/ --out runs/mine/dataset --skip-bad
 set -euo pipefail
-cd "$(dirname "$0")/.."
-exec .venv/bin/harrison build-dataset "$@"
+exec "$(dirname "$0")/../.venv/bin/harrison" build-dataset "$@"

@@ -2,5 +2,4 @@
 # harrison evaluate with the given arguments; with none, for every model of configs/demo.yaml.
 # Examples: scripts/evaluate.sh --config configs/harrison.yaml --model object_scene --engine caffe
 set -euo pipefail
-cd "$(dirname "$0")/.."
-exec .venv/bin/harrison evaluate "$@"
+exec "$(dirname "$0")/../.venv/bin/harrison" evaluate "$@"

@@ -4,5 +4,4 @@
 #                        [--engine caffe|torch|auto] [--gpu N] [--json]
 # Exit status 1 when some photo could not be read (the others are still answered).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-exec .venv/bin/harrison recommend "$@"
+exec "$(dirname "$0")/../.venv/bin/harrison" recommend "$@"

@@ -10,16 +10,18 @@
 # Stages whose outputs are complete and current are skipped, so a rerun after editing a solver
 # redoes only training and evaluation. Results: <workdir>/results/ (table1.md/csv/json, report/index.html).
 set -euo pipefail
+here=$PWD
 cd "$(dirname "$0")/.."
+abs() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$here/$1" ;; esac; }  # paths as given, from the caller's folder
 
 config=configs/demo.yaml data="" object_weights="" scene_weights="" workdir="" run_args=()
 while (($#)); do
   case "$1" in
-    --config) config=$2; shift 2 ;;
-    --data) data=$2; shift 2 ;;
-    --object-weights) object_weights=$2; shift 2 ;;
-    --scene-weights) scene_weights=$2; shift 2 ;;
-    --workdir) workdir=$2; shift 2 ;;
+    --config) config=$(abs "$2"); shift 2 ;;
+    --data) data=$(abs "$2"); shift 2 ;;
+    --object-weights) object_weights=$(abs "$2"); shift 2 ;;
+    --scene-weights) scene_weights=$(abs "$2"); shift 2 ;;
+    --workdir) workdir=$(abs "$2"); shift 2 ;;
     --engine|--gpu) run_args+=("$1" "$2"); shift 2 ;;
     -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "reproduce_table1.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
