@@ -124,7 +124,7 @@ def gemm_rate(gpu: int | None, size: int = 2048, repeats: int = 5) -> float:
     generator = torch.Generator(device=device).manual_seed(0)
     left = torch.randn(size, size, device=device, generator=generator)
     right = torch.randn(size, size, device=device, generator=generator)
-    sync = torch.cuda.synchronize if gpu is not None else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if gpu is not None else (lambda: None)
     torch.mm(left, right)
     sync()
     best = math.inf

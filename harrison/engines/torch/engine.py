@@ -71,6 +71,8 @@ class TorchEngine(Engine):
         self.tf32 = os.environ.get("HARRISON_ALLOW_TF32") == "1"
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
         torch.backends.cudnn.allow_tf32 = self.tf32
+        torch.backends.cudnn.deterministic = True  # seeded runs repeat, as Caffe's do
+        torch.backends.cudnn.benchmark = False
         threads = os.environ.get("HARRISON_THREADS")
         if threads:
             torch.set_num_threads(int(threads))
@@ -115,7 +117,7 @@ class TorchEngine(Engine):
         else:
             facts["device"] = f"cuda:{self.gpu} ({torch.cuda.get_device_name(self.gpu)})"
             facts["cuda"] = str(torch.version.cuda)
-            facts["cudnn"] = str(torch.backends.cudnn.version())
+            facts["cudnn"] = f"{torch.backends.cudnn.version()}, deterministic"
         return facts
 
     def _net(self, net: str | os.PathLike, phase: str, seed: int = 0):

@@ -275,7 +275,7 @@ class TorchNet:
             return [self._placed(torch.as_tensor(inputs[top], dtype=torch.float32)) for top in layer.param.top]
         if isinstance(layer, DataLayer):
             return [self._placed(top) for top in layer.forward([], [])]
-        if layer.stochastic:
+        if layer.stochastic and self.phase == "TRAIN":
             layer.generator = torch.Generator(self.device).manual_seed(
                 _stream_seed(self.seed, self._iteration, index, self._forwards))
         bottoms = [blobs[name] for name in layer.param.bottom]
