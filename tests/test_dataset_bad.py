@@ -108,6 +108,18 @@ def test_release_unknown_tag_and_bad_vocabulary(tmp_path):
         build_dataset(tmp_path / "ds2", image_root=release, release=release)
 
 
+def test_release_repeated_tag_and_repeated_image(tmp_path):
+    release = write_release(tmp_path / "r", "a.jpg\n", "sea \n", vocab="sea 0\nsky 1\nsea 2\n")
+    with pytest.raises(HarrisonError, match=r"vocab_index.txt:3: tag 'sea' already listed on line 1"):
+        build_dataset(tmp_path / "ds", image_root=release, release=release, options=BuildOptions(test_size=1, skip_bad=True))
+    write_release(release, "a.jpg\nb.jpg\na.jpg\nc.jpg\n", "sea \nsky \nsky \nsea sky \n")
+    with pytest.raises(HarrisonError, match=r"data_list.txt:3: repeated image: 'a.jpg' is already listed on line 1.*--skip-bad"):
+        build_dataset(tmp_path / "ds", image_root=release, release=release, options=BuildOptions(test_size=1))
+    out, _ = build_dataset(tmp_path / "ds", image_root=release, release=release, options=BuildOptions(test_size=1, skip_bad=True))
+    assert dataset_info(out)["skipped"]["reasons"] == {"repeated image": 1}
+    assert sorted(read_split(out, "train")[0] + read_split(out, "test")[0]) == ["a.jpg", "b.jpg", "c.jpg"]
+
+
 def test_malformed_dataset_files_name_file_and_line(tmp_path):
     ds = tmp_path / "ds"
     ds.mkdir()

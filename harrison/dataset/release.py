@@ -27,9 +27,10 @@ def release_files(release: str | os.PathLike) -> list[Path]:
 
 
 def read_vocab_index(path: str | os.PathLike) -> list[str]:
-    """The release's tags in class-id order (ids must be 0..C-1, each once)."""
+    """The release's tags in class-id order (ids must be 0..C-1, each once; each tag once)."""
     path = Path(path)
     by_id: dict[int, str] = {}
+    tag_lines: dict[str, int] = {}
     for number, line in enumerate(_lines(path), start=1):
         fields = line.split()
         if not fields:
@@ -39,6 +40,9 @@ def read_vocab_index(path: str | os.PathLike) -> list[str]:
         class_id = int(fields[1])
         if class_id in by_id:
             raise HarrisonError(f"{path}:{number}: class id {class_id} already given to {by_id[class_id]!r}; {REFETCH}")
+        if fields[0] in tag_lines:
+            raise HarrisonError(f"{path}:{number}: tag {fields[0]!r} already listed on line {tag_lines[fields[0]]}; each tag must have one class id, {REFETCH}")
+        tag_lines[fields[0]] = number
         by_id[class_id] = fields[0]
     if not by_id:
         raise HarrisonError(f"{path}: no classes; {REFETCH}")
@@ -51,8 +55,9 @@ def read_vocab_index(path: str | os.PathLike) -> list[str]:
 def read_release(release: str | os.PathLike, bad: BadRecords) -> tuple[list[str], list[list[int]], list[str], list[Path]]:
     """Images, their class ids (repeats dropped, release order), the class names, and the files read.
 
-    A tag outside vocab_index.txt or an empty image path is a bad record; lists of different
-    lengths are always an error (the lines no longer pair up).
+    A tag outside vocab_index.txt, an empty image path or an image path repeated from an earlier
+    line (it could land in both train and test) is a bad record; lists of different lengths are
+    always an error (the lines no longer pair up).
     """
     data_path, tag_path, vocab_path = release_files(release)
     classes = read_vocab_index(vocab_path)
@@ -68,10 +73,15 @@ def read_release(release: str | os.PathLike, bad: BadRecords) -> tuple[list[str]
     if not images:
         raise HarrisonError(f"{data_path}: no images; {REFETCH}")
     kept_images, labels = [], []
+    first_line: dict[str, int] = {}
     for number, (image, line) in enumerate(zip(images, tag_lines), start=1):
         if not image:
             bad.report(data_path, number, "no image path", "the line is empty", REFETCH)
             continue
+        if image in first_line:
+            bad.report(data_path, number, "repeated image", f"{image!r} is already listed on line {first_line[image]}", REFETCH)
+            continue
+        first_line[image] = number
         ids: list[int] = []
         for tag in line.split():
             class_id = index.get(tag)
