@@ -17,6 +17,7 @@ from harrison.cli import main
 from harrison.config import PROJECT_ROOT
 from harrison.dataset import figures, lists, stats
 from harrison.features import STRING
+from harrison.report import collect, html
 from harrison.files import write_json
 from harrison.table import write_table1
 
@@ -94,7 +95,8 @@ def test_report_content_and_self_containment(tmp_path):
     text = index.read_text(encoding="utf-8")
     folder = index.parent
     # Table 1: the paper's numbers beside ours, and the difference
-    assert "VGG-Object + VGG-Scene" in text and "30.16" in text and "32.00" in text and "+1.84" in text
+    assert "VGG-Object + VGG-Scene" in text and "30.16" in text and "32.00" in text
+    assert '<span class="pos">+1.84</span>' in text and "not comparable" not in text
     assert text.index("<td>VGG-Object</td>") < text.index("<td>VGG-Scene</td>") < text.index("<td>VGG-Object + VGG-Scene</td>")
     # how each model was trained
     assert text.count("<td>done</td><td>torch 2.13.0 CPU</td><td>1,200</td><td>12.5</td>") == 3
@@ -124,6 +126,41 @@ def test_report_content_and_self_containment(tmp_path):
     assert re.search(rf'<table class="tags">.*?<tbody><tr><td>#{top}</td><td>{counts.max()}</td>', text)
     # nothing half-written is left beside the report
     assert [p.name for p in (tmp_path / "results").iterdir() if p.name.startswith(".")] == []
+
+
+def test_demo_run_is_not_set_against_the_paper(tmp_path):
+    make_run(tmp_path)
+    write_json(tmp_path / "dataset" / "manifest.json", {"image_root": str(tmp_path), "num_classes": len(TAGS),
+                                                         "settings": {"source": "crawl"}})
+    write_json(tmp_path / "weights" / "object.caffemodel.json", {"seed": 11, "weights_sha256": "ab12"})
+    write_json(tmp_path / "features" / "object" / "manifest.json", {"splits": {"test": {"weights_sha256": "ab12"}}})
+    text = report(tmp_path).read_text(encoding="utf-8")
+    assert "Demo data and nets: not comparable with the paper&#x27;s numbers." in text
+    assert '<span class="neutral">+1.84</span>' in text and 'class="pos"' not in text and 'class="neg"' not in text
+    # the release's data with filler-made nets: only the nets are named
+    write_json(tmp_path / "dataset" / "manifest.json", {"settings": {"source": "release"}})
+    assert collect.not_comparable(tmp_path) == ("feature nets with filler-made weights, not the pretrained VGG-16s: "
+                                                "not comparable with the paper's numbers")
+    (tmp_path / "weights" / "object.caffemodel.json").unlink()
+    assert collect.not_comparable(tmp_path) is None
+
+
+@pytest.mark.parametrize("coverage, distinct, shown", [
+    ({"top_1000": 0.59, "top_5000": 0.746}, 20000, ["59.0%", "74.6%"]),  # stats.json as the paper has it
+    ({"top_1000": 1.0, "top_5000": 1.0}, 72, ["n/a (only 72 distinct tags)"] * 2),  # older stats.json, few tags
+    ({"top_1000": 0.9, "top_5000": None}, None, ["90.0%", "n/a"]),
+    ({"top_1000": None, "top_5000": None, "reason": "fewer distinct tags"}, None, ["n/a (fewer distinct tags)"] * 2),
+    ({"top_1000": {"share": None, "reason": "the release has 997"}, "top_5000": {"share": 0.5}}, None,
+     ["n/a (the release has 997)", "50.0%"]),
+    (None, None, []),
+])
+def test_dataset_table_numbers(coverage, distinct, shown):
+    stats = {"images": 744, "coverage": coverage, "tags_per_image": {"mean": 4.0161, "min": 1, "max": 9}}
+    if distinct is not None:
+        stats["distinct_tags"] = distinct
+    text = html.dataset_section(stats, [])
+    assert "<td>4.02 (1 to 9)</td>" in text and "4.016" not in text
+    assert re.findall(r"held by the top \d+ tags</td><td>([^<]*)</td>", text) == shown
 
 
 def test_partial_run_says_what_to_run(tmp_path):

@@ -73,7 +73,8 @@ class Scored:
 def read_table(workdir: Path, order: Sequence[str]) -> dict[str, Any] | None:
     """results/table1.json when the table stage wrote it, else Table 1 from eval/*/metrics.json, else None.
 
-    Rows come in ``order`` (the config's models), any others after them.
+    Rows come in ``order`` (the config's models), any others after them. ``not_comparable`` is added: why the run's
+    numbers cannot be compared with the paper's (see ``not_comparable``), or None.
     """
     path = workdir / "results" / "table1.json"
     if path.exists():
@@ -85,7 +86,33 @@ def read_table(workdir: Path, order: Sequence[str]) -> dict[str, Any] | None:
         table = table1(results)
     rows = table["rows"]
     table["rows"] = {model: rows[model] for model in [*order, *rows] if model in rows}
+    table["not_comparable"] = not_comparable(workdir)
     return table
+
+
+def not_comparable(workdir: Path) -> str | None:
+    """Why the run's Table 1 cannot be set against the paper's, or None when nothing says so.
+
+    Two signals from the run's own records: the dataset was not built from the HARRISON release
+    (dataset/manifest.json's ``settings.source``), and the features were extracted with weights that
+    ``harrison make-weights`` filled (their checksum is in a weights/*.caffemodel.json record), not pretrained VGG-16s.
+    """
+    manifest = workdir / "dataset" / "manifest.json"
+    source = read_json(manifest).get("settings", {}).get("source") if manifest.exists() else None
+    other_data = source not in (None, "release")
+    filled = {read_json(p).get("weights_sha256") for p in (workdir / "weights").glob("*.caffemodel.json")}
+    used = {split.get("weights_sha256") for p in (workdir / "features").glob("*/manifest.json")
+            for split in read_json(p).get("splits", {}).values()}
+    filler_nets = bool(filled & used - {None})
+    if other_data and filler_nets:
+        what = "demo data and nets"
+    elif other_data:
+        what = f"data from a {source}, not the HARRISON release"
+    elif filler_nets:
+        what = "feature nets with filler-made weights, not the pretrained VGG-16s"
+    else:
+        return None
+    return f"{what}: not comparable with the paper's numbers"
 
 
 def read_loss_csv(path: Path) -> LossCurve:

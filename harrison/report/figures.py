@@ -43,9 +43,9 @@ def tag_quality_figure(rows: Sequence[TagQuality], k: int, path: str | os.PathLi
     ax.set_xticks(list(positions))
     ax.set_xticklabels([r.tag for r in rows], rotation=60, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("fraction of test images")
-    ax.set_title(f"Per-tag precision and recall when each test image gets its top {k} tags")
-    ax.legend(fontsize="small")
+    ax.set_ylabel(f"precision@{k} / recall@{k}")
+    ax.set_title(f"Per-tag precision and recall when each test image gets its top {k} tags", pad=24)
+    ax.legend(fontsize="small", ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     return save_figure(fig, path)
 
 

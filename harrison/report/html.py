@@ -24,7 +24,7 @@ table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 thead th { background: #f0f0f0; }
-.pos { color: #1a7f37; } .neg { color: #b42318; }
+.pos { color: #1a7f37; } .neg { color: #b42318; } .neutral { color: #666; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.5em 1em; }
 img.figure { max-width: 100%; border: 1px solid #eee; }
 .gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(250px, 1fr)); gap: 1em; }
@@ -59,27 +59,34 @@ def figure(src: str, alt: str) -> str:
     return f'<img class="figure" src="{escape(src)}" alt="{escape(alt)}">'
 
 
-def _number(value: float | None, signed: bool = False) -> str:
+def _number(value: float | None, signed: bool = False, neutral: bool = False) -> str:
+    """Two decimals; ``signed`` ones with their sign, green or red (grey when ``neutral``)."""
     if value is None:
         return "–"
-    text = f"{value:+.2f}" if signed else f"{value:.2f}"
-    if signed:
-        return f'<span class="{"pos" if value >= 0 else "neg"}">{text}</span>'
-    return text
+    if not signed:
+        return f"{value:.2f}"
+    colour = "neutral" if neutral else "pos" if value >= 0 else "neg"
+    return f'<span class="{colour}">{value:+.2f}</span>'
 
 
 def table_section(table: Mapping[str, Any] | None) -> str:
-    """Table 1: per model and metric, ours beside the paper's and the difference (percent)."""
+    """Table 1: per model and metric, ours beside the paper's and the difference (percent).
+
+    When ``table["not_comparable"]`` gives a reason, the differences are grey and the reason is shown above the table.
+    """
     head = "<h2>Table 1: ours against the paper</h2>"
     if table is None:
         return head + note("No model is evaluated yet: run harrison evaluate and harrison table.")
+    reason = table.get("not_comparable")
+    if reason:
+        head += note(reason[0].upper() + reason[1:] + ".")
     columns = table["columns"]
     header = "".join(f'<th colspan="3">{escape(c)}</th>' for c in columns)
     sub = "".join("<th>ours</th><th>paper</th><th>diff</th>" for _ in columns)
     body = []
     for row in table["rows"].values():
         cells = "".join(
-            f"<td>{_number(cell['ours'])}</td><td>{_number(cell['paper'])}</td><td>{_number(cell['difference'], True)}</td>"
+            f"<td>{_number(cell['ours'])}</td><td>{_number(cell['paper'])}</td><td>{_number(cell['difference'], True, bool(reason))}</td>"
             for cell in (row["metrics"][c] for c in columns)
         )
         body.append(f"<tr><td>{escape(row['label'])}</td>{cells}</tr>")
@@ -125,12 +132,37 @@ def dataset_section(stats: Mapping[str, Any] | None, figures: Sequence[str]) -> 
         per_image = stats.get("tags_per_image", {})
         if per_image:
             rows.append(("tags per image: mean (min to max)",
-                         f"{per_image['mean']:.4f} ({per_image['min']} to {per_image['max']})"))
-        for name, share in stats.get("coverage", {}).items():
-            rows.append((f"share of all tag occurrences held by the {name.replace('_', ' ')} tags", f"{100 * share:.1f}%"))
+                         f"{per_image['mean']:.2f} ({per_image['min']} to {per_image['max']})"))
+        rows += _coverage_rows(stats)
     table = "".join(f"<tr><td>{escape(label)}</td><td>{escape(value)}</td></tr>" for label, value in rows)
     shown = "".join(f"<p>{figure(src, 'dataset figure ' + src)}</p>" for src in figures)
     return f'{head}<table class="stats"><tbody>{table}</tbody></table>{shown}'
+
+
+def _coverage_rows(stats: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) per ``top_N`` of stats.json's ``coverage``: a percentage, or "n/a" with the reason when it has none.
+
+    A value may be a share, null, or ``{"share": ..., "reason": ...}``; a ``reason`` beside the ``top_N`` keys applies to
+    each null. Without a reason, a top N that holds every distinct tag is "n/a" too (it would be 100% by definition).
+    """
+    coverage = stats.get("coverage") or {}
+    if not isinstance(coverage, Mapping):
+        return []
+    common = coverage.get("reason")
+    rows = []
+    for name, value in coverage.items():
+        if not name.startswith("top_"):
+            continue
+        reason = common
+        if isinstance(value, Mapping):
+            value, reason = value.get("share", value.get("value")), value.get("reason", common)
+        top, distinct = name.removeprefix("top_"), stats.get("distinct_tags")
+        if value is not None and reason is None and top.isdigit() and isinstance(distinct, int) and distinct <= int(top):
+            value, reason = None, f"only {distinct:,} distinct tags"
+        label = f"share of all tag occurrences held by the top {top} tags"
+        shown = f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "n/a"
+        rows.append((label, f"{shown} ({reason})" if shown == "n/a" and reason else shown))
+    return rows
 
 
 def gallery_section(model_label: str, items: Sequence[tuple[Prediction, str | None, str | None]], k: int) -> str:
