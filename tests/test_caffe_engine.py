@@ -11,6 +11,7 @@ import pytest
 from google.protobuf import text_format
 
 from harrison import caffelog, cli
+from harrison.engines import get_engine
 from harrison.engines.caffe import root as caffe_root
 from harrison.engines.caffe.engine import CaffeEngine
 from harrison.errors import HarrisonError
@@ -230,6 +231,8 @@ def test_missing_root_is_a_clear_error(monkeypatch, tmp_path):
     (tmp_path / "half" / "debootstrap").mkdir()
     monkeypatch.setenv("HARRISON_CAFFE_ROOT", str(tmp_path / "half"))
     assert "incomplete" in CaffeEngine.available(None)[1]
+    with pytest.raises(HarrisonError, match="HARRISON_CAFFE_ROOT is set, but real Caffe does not run there"):
+        get_engine("auto")  # an explicit setting that does not work is an error, not a quiet switch to torch
 
 
 def test_a_command_prefix_runs_caffe(caffe_engine, demo_weights, monkeypatch, tmp_path):

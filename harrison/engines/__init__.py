@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 
 from harrison.engines.base import Engine, NetRunner, TrainResult
+from harrison.engines.caffe.root import explicit_setting
 from harrison.errors import HarrisonError
 
 ENGINES: dict[str, str] = {
@@ -38,6 +39,9 @@ def get_engine(name: str = "auto", gpu: int | None = None) -> tuple[Engine, str]
     else:
         caffe_cls = engine_class("caffe")
         found, why = caffe_cls.available(gpu)
+        setting = explicit_setting()
+        if setting and not caffe_cls.available(None)[0]:
+            raise HarrisonError(f"{setting} is set, but real Caffe does not run there: {why}")
         if found:
             engine, reason = caffe_cls.create(gpu), f"auto: real Caffe found ({why})"
         else:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from harrison.config import add_config_arguments, config_from_args
+from harrison.engines.caffe.root import explicit_setting
 from harrison.errors import HarrisonError
 
 LOW_DISK_GB = 5.0
@@ -54,8 +55,9 @@ def check_caffe(gpu: int | None) -> Check:
     cls = engine_class("caffe")
     found, why = cls.available(gpu)
     if not found:
-        return Check("caffe", False, why, "bash scripts/install_caffe.sh (needs root or sudo, about 1 minute and 1.1 GB)",
-                     essential=False)
+        setting = explicit_setting()
+        return Check("caffe", False, why, f"correct or unset {setting}" if setting else
+                     "bash scripts/install_caffe.sh (needs root or sudo, about 1 minute and 1.1 GB)", essential=False)
     facts = cls.create(gpu).describe()
     return Check("caffe", True, f"Caffe {facts['version']}, {facts['mode']}, BLAS {facts['blas']}, "
                                 f"{facts['found']}: {facts['where']}")
@@ -83,8 +85,9 @@ def check_engine(gpu: int | None) -> Check:
     try:
         engine, reason = get_engine("auto", gpu)
     except (HarrisonError, ImportError) as exc:
+        setting = explicit_setting()
         return Check("engine", False, f"no engine can run here: {exc}",
-                     "install real Caffe (scripts/install_caffe.sh) or torch (scripts/setup.sh)")
+                     f"correct or unset {setting}" if setting else "install real Caffe (scripts/install_caffe.sh) or torch (scripts/setup.sh)")
     return Check("engine", True, f"--engine auto uses {engine.name}: {reason}")
 
 

@@ -190,6 +190,11 @@ def _find(prefix: str | None, root: str | None) -> tuple[CaffeInstall, str]:
     return install, _check_runs(install)
 
 
+def explicit_setting() -> str | None:
+    """The environment variable that names a Caffe explicitly (``HARRISON_CAFFE_PREFIX`` or ``_ROOT``), if one is set."""
+    return next((name for name in ("HARRISON_CAFFE_PREFIX", "HARRISON_CAFFE_ROOT") if os.environ.get(name)), None)
+
+
 def find_caffe() -> tuple[CaffeInstall, str]:
     """The Caffe to use and its version (``1.0.0``), following the discovery order; cached per setting.
 
