@@ -131,3 +131,18 @@ def test_coverage_of_the_top_tags():
 
     counts = [50, 30] + [1] * 20  # 100 occurrences
     assert coverage(counts, tops=(1, 2, 1000)) == {"top_1": 0.5, "top_2": 0.8, "top_1000": 1.0}
+
+
+def test_coverage_is_not_applicable_for_release_input(tmp_path):
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "data_list.txt").write_text("a.jpg\nb.jpg\nc.jpg\n")
+    (release / "tag_list.txt").write_text("sea \nsky sea \nsky \n")
+    (release / "vocab_index.txt").write_text("sea 0\nsky 1\n")
+    out, _ = build_dataset(tmp_path / "ds", image_root=release, release=release, options=small_options())
+    coverage = json.loads((out / "stats.json").read_text())["coverage"]
+    assert coverage["top_1000"] is None and coverage["top_5000"] is None
+    assert "only the tags of its classes" in coverage["reason"]
+    crawl = write_crawl(tmp_path / "c.jsonl", [{"image": "a.jpg", "tags": ["x", "y"]}, {"image": "b.jpg", "tags": ["x"]}])
+    out, _ = build_dataset(tmp_path / "ds2", image_root=tmp_path, crawl=crawl, options=small_options(top_n=1))
+    assert json.loads((out / "stats.json").read_text())["coverage"] == {"top_1000": 1.0, "top_5000": 1.0}

@@ -29,6 +29,7 @@ def test_release_figures(release_dataset):
     assert {int(k): v for k, v in stats["tags_per_image"]["histogram"].items()} == HISTOGRAM
     assert (stats["train"], stats["test"]) == (52383, 5000)
     assert stats["dropped_posts"] == {"too_few_tags": 0, "too_many_tags": 0} and stats["skipped_records"] == 0
+    assert (stats["coverage"]["top_1000"], stats["coverage"]["top_5000"]) == (None, None) and stats["coverage"]["reason"]
     info = dataset_info(release_dataset)
     assert info["num_classes"] == 997 and info["seed"] == 0
 

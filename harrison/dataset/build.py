@@ -33,6 +33,7 @@ from harrison.files import write_json
 from harrison.manifest import is_current, write_manifest
 
 STAGE = "build-dataset"
+RELEASE_COVERAGE = "the release lists only the tags of its classes, so their share of all tags is unknown"
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class Collected:
     classes: list[str]
     inputs: list[Path]
     details: dict[str, Any]
-    coverage_counts: Sequence[int]
+    coverage_counts: Sequence[int] | None  # occurrences of every distinct tag; None where the input holds only its classes
     rerank: bool
 
 
@@ -149,7 +150,7 @@ def _from_release(folder: Path, bad: BadRecords) -> Collected:
     images, labels, classes, inputs = read_release(folder, bad)
     counts = stats.class_counts(labels, len(classes))
     details = {"posts_read": len(images) + bad.count, "distinct_tags": int((counts > 0).sum())}
-    return Collected(images, labels, classes, inputs, details, counts.tolist(), rerank=False)
+    return Collected(images, labels, classes, inputs, details, None, rerank=False)
 
 
 def _finish(out: Path, data: Collected, options: BuildOptions, settings: dict[str, Any], bad: BadRecords, config: str | None) -> None:
@@ -182,7 +183,8 @@ def _finish(out: Path, data: Collected, options: BuildOptions, settings: dict[st
         "classes": len(classes),
         "train": int(split_rows["train"].size),
         "test": int(split_rows["test"].size),
-        "coverage": stats.coverage(data.coverage_counts),
+        "coverage": (stats.coverage(data.coverage_counts) if data.coverage_counts is not None
+                     else stats.coverage_not_applicable(RELEASE_COVERAGE)),
         "dropped_posts": dropped,
         "skipped_records": bad.count,
         **data.details,

@@ -15,6 +15,11 @@ def coverage(counts: Sequence[int], tops: Sequence[int] = COVERAGE_TOPS) -> dict
     return {f"top_{top}": (float(ordered[:top].sum()) / total if total else 0.0) for top in tops}
 
 
+def coverage_not_applicable(reason: str, tops: Sequence[int] = COVERAGE_TOPS) -> dict[str, str | None]:
+    """Coverage where the input cannot give it: each ``top_N`` null, and ``reason`` saying why."""
+    return {**{f"top_{top}": None for top in tops}, "reason": reason}
+
+
 def label_stats(labels: Sequence[Sequence[int]]) -> dict[str, Any]:
     """Images, tag assignments and the tags-per-image average, range and histogram of a label list."""
     sizes = np.fromiter((len(ids) for ids in labels), dtype=np.int64, count=len(labels))
