@@ -39,3 +39,35 @@ def test_demo_chain_with_the_torch_engine(chain):
 
 def test_interrupted_extraction_resumes_to_the_same_file(chain, tmp_path):
     interrupted_extraction_resumes(chain, tmp_path, "torch")
+
+
+def test_results_manifest_gathers_each_models_provenance(chain):
+    """results/manifest.json: per model the dataset seed, feature, training and evaluation engines, versions,
+    the solver's random_seed, checksums and timings; a rerun of a skipped extraction keeps its recorded time."""
+    from harrison.files import sha256
+    from harrison.proto.io import read_solver
+    from test_stages_caffe import harrison
+
+    harrison("extract", "--workdir", str(chain), "--engine", "torch", "--feature", "object")  # up to date: skipped
+    harrison("table", "--workdir", str(chain))
+    record = json.loads((chain / "results" / "manifest.json").read_text())
+    assert record["stage"] == "table" and set(record["outputs"]) == {str(chain / "results" / f"table1.{ext}") for ext in ("md", "csv", "json")}
+    assert set(record["models"]) == {"object", "scene", "object_scene"}
+    uses = {"object": {"object"}, "scene": {"scene"}, "object_scene": {"object", "scene"}}
+    for model, stages in record["models"].items():
+        assert stages["dataset"]["seed"] == json.loads((chain / "dataset" / "manifest.json").read_text())["seed"]
+        assert str(chain / "dataset" / "train.tsv") in stages["dataset"]["outputs"]
+        assert set(stages["features"]) == uses[model]
+        for feature in stages["features"].values():
+            for split in ("train", "test"):
+                assert feature["splits"][split]["engine_facts"]["engine"] == "torch"
+                assert feature["splits"][split]["seconds"] >= 0
+        train, evaluate = stages["train"], stages["evaluate"]
+        solver = chain / "models" / model / "solver.prototxt"
+        assert train["random_seed"] == read_solver(solver).random_seed and train["solver"] == str(solver)
+        assert train["engine"]["engine"] == evaluate["engine"]["engine"] == "torch"
+        assert train["seconds"] >= 0 and evaluate["seconds"] >= 0 and train["iterations"] > 0
+        assert train["versions"]["torch"] and evaluate["versions"]["numpy"]
+        weights = [path for path in train["outputs"] if path.endswith(".caffemodel")]
+        assert len(weights) == 1 and evaluate["inputs"][weights[0]] == train["outputs"][weights[0]] == sha256(weights[0])
+        assert evaluate["outputs"][str(chain / "eval" / model / "metrics.json")] == record["inputs"][str(chain / "eval" / model / "metrics.json")]

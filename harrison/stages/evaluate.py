@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
                 engine, reason = get_engine(args.engine, args.gpu)
                 print(f"engine: {engine.name} ({reason})", file=sys.stderr)
             net = read_net(deploy)
+            began = time.time()
             scores, truth, images = _score(engine, deploy, weights, tests, input_blob(net, deploy), score_blob(net, deploy), args.batch_size)
             metrics = {"model": model, "k": k, "images": len(images), "engine": engine.name, **evaluate(scores, truth, k)}
             with atomic_path(out_dir / "scores.h5", suffix=".h5") as tmp, h5py.File(tmp, "w") as handle:
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             write_json(out_dir / "metrics.json", metrics)
             write_manifest(out_dir, "evaluate", inputs=[deploy, weights, *tests],
                            outputs=[out_dir / "scores.h5", out_dir / "metrics.json"], settings=settings,
-                           extra={"engine": engine.manifest_entry()})
+                           extra={"engine": engine.manifest_entry(), "seconds": round(time.time() - began, 1)})
         print(table_row(model, metrics))
     return 0
 

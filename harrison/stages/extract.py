@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import h5py
 
@@ -22,10 +22,10 @@ from harrison.config import Config, add_config_arguments, config_from_args
 from harrison.dataset.lists import SPLITS, dataset_info, read_split, split_path
 from harrison.engines import ENGINE_CHOICES, get_engine
 from harrison.errors import HarrisonError
-from harrison.features import BAD_IMAGE_CHOICES, Shard, extract, feature_path, identity_of, is_current, read_bad, read_identity
+from harrison.features import BAD_IMAGE_CHOICES, IDENTITY_KEYS, Shard, extract, feature_path, identity_of, is_current, read_bad, read_identity
 from harrison.images import load_preprocess_spec
 from harrison.lmdb_io import write_imageset
-from harrison.manifest import write_manifest
+from harrison.manifest import read_manifest, write_manifest
 
 DEFAULT_BATCH_SIZE = 32
 BAD_SHOWN = 10
@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             files = feature_files(config, feature)
             spec = load_preprocess_spec(files["preprocess"])
             runner = None
+            seconds: dict[str, float] = {}
             try:
                 for split in [args.split] if args.split else list(SPLITS):
                     list_file = split_path(dataset_dir, split)
@@ -122,13 +123,14 @@ def run(args: argparse.Namespace) -> int:
                                      {**identity, "engine": engine.name}, batch_size=args.batch_size, rows=rows, workers=args.workers,
                                      progress=f"{feature}/{split}",
                                      notes={"engine_facts": json.dumps(engine.manifest_entry(), sort_keys=True)})
-                    print(f"{out}: {result.rows} rows in {time.time() - began:.1f} s", file=sys.stderr)
+                    seconds[split] = round(time.time() - began, 1)
+                    print(f"{out}: {result.rows} rows in {seconds[split]:.1f} s", file=sys.stderr)
                     _report_bad(result.bad, args.on_bad_image)
             finally:
                 if runner is not None:
                     runner.close()
             if args.shard is None:
-                write_feature_manifest(config, feature, files)
+                write_feature_manifest(config, feature, files, seconds)
     return 0
 
 
@@ -161,10 +163,20 @@ def _report_bad(bad: list[tuple[str, str]], policy: str) -> None:
         print(f"  ... and {len(bad) - BAD_SHOWN} more", file=sys.stderr)
 
 
-def write_feature_manifest(config: Config, feature: str, files: dict[str, Path]) -> None:
-    """``features/<feature>/manifest.json`` over the complete split files there (bad images included)."""
+def write_feature_manifest(config: Config, feature: str, files: dict[str, Path],
+                           seconds: Mapping[str, float] | None = None) -> None:
+    """``features/<feature>/manifest.json`` over the complete split files there (bad images included).
+
+    ``seconds`` are the extraction times of the splits extracted just now (the run that finished a resumed
+    file counts only its own part); a split extracted earlier keeps the time its previous manifest recorded
+    while its file has the same identity, else its time is unknown (``None``, as after merge-features).
+    """
     dataset_dir = config.workdir / "dataset"
     folder = feature_path(config.workdir, feature, SPLITS[0]).parent
+    try:
+        previous = (read_manifest(folder) or {}).get("splits", {})
+    except HarrisonError:  # a damaged manifest is replaced; its times are lost
+        previous = {}
     outputs, lists, splits = [], [], {}
     for split in SPLITS:
         out = feature_path(config.workdir, feature, split)
@@ -180,8 +192,19 @@ def write_feature_manifest(config: Config, feature: str, files: dict[str, Path])
                 "bad_images": [list(pair) for pair in read_bad(out)],
                 **read_identity(out),
             }
+        splits[split]["seconds"] = _split_seconds(split, splits[split], seconds or {}, previous)
         outputs.append(out)
         lists.append(split_path(dataset_dir, split))
     write_manifest(folder, "extract", inputs=[*files.values(), *lists], outputs=outputs,
                    settings={"feature": feature, "blob": load_preprocess_spec(files["preprocess"]).feature_blob},
                    extra={"splits": splits})
+
+
+def _split_seconds(split: str, entry: Mapping[str, object], seconds: Mapping[str, float],
+                   previous: Mapping[str, Mapping[str, object]]) -> float | None:
+    """This run's extraction time of ``split``, else the previous manifest's for the same file identity."""
+    if split in seconds:
+        return seconds[split]
+    before = previous.get(split, {})
+    same = all(before.get(key) == entry[key] for key in (*IDENTITY_KEYS, "rows"))
+    return before.get("seconds") if same else None
