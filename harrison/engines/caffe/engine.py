@@ -138,8 +138,10 @@ class CaffeEngine(Engine):
                     loss = _loss_of(event)
                     if loss is not None and not math.isfinite(loss):
                         _stop(process)
+                        seen = f"at iteration {iteration}" if param.display <= 1 else \
+                            f"by iteration {iteration} (Caffe shows the loss every {param.display} iterations)"
                         raise HarrisonError(
-                            f"{solver}: training diverged at iteration {iteration} (loss = {loss}); lower base_lr "
+                            f"{solver}: training diverged {seen} (loss = {loss}); lower base_lr "
                             f"or check the inputs; the log is {log}, snapshots written before it are kept"
                         )
             code = process.wait()
