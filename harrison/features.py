@@ -13,6 +13,7 @@ HDF5 writes (HDF5 cannot close a file whose write failed, and crashes).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import os
@@ -40,6 +41,10 @@ RESERVE_PER_ROW = 128
 RESERVE_FIXED = 1 << 20
 
 
+class ShardError(HarrisonError, argparse.ArgumentTypeError):
+    """A bad ``--shard`` value: a HarrisonError that argparse, given ``Shard.parse`` as a type, reports as a usage error."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Shard:
     """Shard ``index`` (1-based) of ``count``."""
@@ -52,19 +57,21 @@ class Shard:
         """``"K/N"`` with 1 <= K <= N."""
         match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
         if not match or not 1 <= int(match[1]) <= int(match[2]):
-            raise HarrisonError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 2/4")
+            raise ShardError(f"expected K/N with 1 <= K <= N (e.g. 2/4), found {text!r}")
         return cls(int(match[1]), int(match[2]))
 
     def rows(self, total: int, batch_size: int) -> tuple[int, int]:
         """The rows [start, stop) of a list of ``total`` this shard covers.
 
         Shards are whole numbers of batches, so every image goes through the net in the same batch as in an
-        unsharded run and the merged file equals the unsharded one bit for bit.
+        unsharded run and the merged file equals the unsharded one bit for bit. The B batches are spread
+        evenly: shard K of N takes batches [(K-1)*B//N, K*B//N), so shards differ by at most one batch
+        (a shard is empty only when there are fewer batches than shards).
         """
         batches = -(-total // batch_size)
-        per = -(-batches // self.count) * batch_size
-        start = min(total, (self.index - 1) * per)
-        return start, min(total, start + per)
+        start = (self.index - 1) * batches // self.count * batch_size
+        stop = self.index * batches // self.count * batch_size
+        return min(total, start), min(total, stop)
 
 
 def feature_path(workdir: str | os.PathLike, feature: str, split: str, shard: Shard | None = None) -> Path:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harrison.cli import main
 from harrison.errors import HarrisonError
 from harrison.features import (
     RESERVE_FIXED,
@@ -150,13 +151,19 @@ def test_a_partial_from_other_inputs_is_restarted(images, tmp_path):
     assert result.resumed_at == 0 and read_identity(out) == other
 
 
-@pytest.mark.parametrize("count", [1, 3, 7])
-def test_shards_tile_the_list_in_whole_batches(count):
-    total, batch = 23, 4
+@pytest.mark.parametrize("total, batch, count", [(23, 4, 1), (23, 4, 3), (23, 4, 7), (100, 32, 3), (320, 32, 3), (64, 32, 3)])
+def test_shards_tile_the_list_in_whole_batches_spread_evenly(total, batch, count):
     ranges = [Shard(k, count).rows(total, batch) for k in range(1, count + 1)]
     assert ranges[0][0] == 0 and ranges[-1][1] == total
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
     assert all(start % batch == 0 or start == total for start, _ in ranges)
+    batches = [-(-(stop - start) // batch) for start, stop in ranges]
+    assert max(batches) - min(batches) <= 1
+    assert all(batches) or -(-total // batch) < count  # empty only with fewer batches than shards
+
+
+def test_shards_of_100_rows_in_batches_of_32():
+    assert [Shard(k, 3).rows(100, 32) for k in (1, 2, 3)] == [(0, 32), (32, 64), (64, 100)]
 
 
 def test_shard_parse_rejects_nonsense():
@@ -164,6 +171,16 @@ def test_shard_parse_rejects_nonsense():
     for text in ("0/4", "5/4", "a/b", "3"):
         with pytest.raises(HarrisonError):
             Shard.parse(text)
+
+
+@pytest.mark.parametrize("text", ["0/3", "4/3", "x/2", "2"])
+def test_bad_shard_on_the_command_line_is_a_usage_error(text, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["extract", "--shard", text])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --shard: expected K/N with 1 <= K <= N (e.g. 2/4), found {text!r}" in err
+    assert "Traceback" not in err
 
 
 def test_merged_shards_equal_the_unsharded_file(images, tmp_path):
