@@ -135,3 +135,27 @@ def test_refuses_what_does_not_match(trained, capsys, tmp_path):
     changed = derive_config(config, tmp_path / "changed.yaml", {"features.object.weights": str(other)})
     code, _, err = recommend(capsys, changed, photo)
     assert code == 2 and "is not the weights file that made" in err and "features.object.weights" in err
+
+
+def test_model_folder_instead_of_a_name(trained, capsys, tmp_path, monkeypatch):
+    """--model DIR: a trained model's folder gives the run folder and the model; its config is the one the run's
+    dataset was built from, so no --config is needed. A folder that is not a trained model is refused."""
+    config, workdir = trained
+    _, images = eval_scores(workdir, "object")
+    photo = str(DEMO / images[0])
+    _, by_name, _ = recommend(capsys, config, photo, "--model", "object", "--json")
+    assert main(["recommend", photo, "--model", str(workdir / "models" / "object") + "/", "--json", "--engine", "caffe"]) == 0
+    assert capsys.readouterr().out == by_name
+    monkeypatch.chdir(workdir / "models" / "object")
+    assert main(["recommend", photo, "--model", ".", "--json", "--engine", "caffe"]) == 0
+    assert capsys.readouterr().out == by_name
+    for folder in (tmp_path, workdir / "eval" / "object", tmp_path / "missing"):
+        assert main(["recommend", photo, "--model", str(folder), "--engine", "caffe"]) == 2
+        assert f"--model {folder}: not a trained model's folder" in capsys.readouterr().err
+    code = main(["recommend", photo, "--model", str(workdir / "models" / "object"), "--workdir", str(tmp_path)])
+    assert code == 2 and "leave out --workdir" in capsys.readouterr().err
+
+
+def test_nothing_trained_points_at_the_main_script(capsys, tmp_path):
+    code = main(["recommend", str(tmp_path / "photo.jpg"), "--workdir", str(tmp_path / "fresh")])
+    assert code == 2 and "run scripts/reproduce_table1.sh (it builds the dataset" in capsys.readouterr().err

@@ -5,11 +5,16 @@ Each photo goes through the same steps as a test image: decoded and preprocessed
 it (the config's features concatenated in its order, the halves the model does not use zero), then the
 model's materialised deploy net with its final snapshot. Any Pillow format and size is accepted; a photo
 that cannot be read is reported and the others are still answered (exit status 1 when any failed).
+
+``--model`` takes a model name of the config or a trained model's folder (``runs/<name>/models/<model>/``); from a
+folder the run folder and the model name follow, and the config is the run's copy (``runs/<name>/config.yaml``,
+which scripts/reproduce_table1.sh writes for the real release) or else the one its dataset was built from.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Mapping
@@ -17,13 +22,14 @@ from typing import Mapping
 import numpy as np
 
 from harrison.classifier_data import feature_dim, input_blob, model_features, score_blob
-from harrison.config import Config, add_config_arguments, config_from_args
+from harrison.config import DEFAULT_CONFIG, Config, add_config_arguments, config_from_args, load_config
 from harrison.dataset.lists import read_vocab
 from harrison.engines import ENGINE_CHOICES, Engine, get_engine
 from harrison.errors import HarrisonError
 from harrison.features import feature_path, read_identity
 from harrison.files import sha256
 from harrison.images import ImageError, load_preprocess_spec, load_rgb, preprocess
+from harrison.manifest import read_manifest
 from harrison.metrics import top_k
 from harrison.proto.io import read_net
 from harrison.stages.evaluate import check_weights, trained
@@ -38,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="image files (JPEG, PNG, any Pillow format)")
     parser.add_argument("-k", type=int, default=5, help="hashtags per photo (default: 5)")
     add_config_arguments(parser)
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"a trained model of the config (default: {DEFAULT_MODEL})")
+    parser.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|DIR",
+                        help=f"a trained model of the config, or a trained model's folder such as runs/demo/models/object "
+                             f"(default: {DEFAULT_MODEL})")
     parser.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help="which engine runs the nets (default: auto)")
     parser.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"photos per forward pass (default: {BATCH_SIZE})")
@@ -46,8 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    model = models_of(config, args.model)[0]
+    config, model = config_and_model(args)
+    model = models_of(config, model)[0]
+    if not (config.workdir / "dataset" / "manifest.json").exists():
+        again = "" if config.path == DEFAULT_CONFIG else f" --config {config.path}"
+        raise HarrisonError(f"{config.workdir}: nothing is trained there yet; run scripts/reproduce_table1.sh{again} "
+                            "(it builds the dataset and trains the models), then recommend again")
     tags = [tag for _, tag, _ in read_vocab(config.workdir / "dataset")]
     if not 1 <= args.k <= len(tags):
         raise HarrisonError(f"-k {args.k}: choose 1 to {len(tags)} (the number of hashtags the model knows)")
@@ -98,6 +110,37 @@ def run(args: argparse.Namespace) -> int:
             for rank, tag in enumerate(answer["tags"], start=1):
                 print(f"  {rank:2d}. #{tag['tag']:<{width}} {tag['score']:.4f}")
     return 1 if errors else 0
+
+
+def is_folder(model: str) -> bool:
+    """Whether ``--model`` names a folder (it has a path separator or is ``.``/``..``) rather than a model name."""
+    return model in (".", "..") or "/" in model or os.sep in model
+
+
+def config_and_model(args: argparse.Namespace) -> tuple[Config, str]:
+    """The run's config and the model name that ``--model`` (a name, or a trained model's folder) stands for."""
+    if not is_folder(args.model):
+        return config_from_args(args), args.model
+    folder = Path(args.model).resolve()
+    manifest = read_manifest(folder) if folder.is_dir() else None
+    if manifest is None or manifest.get("stage") != "train" or folder.parent.name != "models":
+        raise HarrisonError(f"--model {args.model}: not a trained model's folder (one with the manifest.json of "
+                            "harrison train, such as runs/demo/models/object); pass such a folder or a model name")
+    workdir = folder.parent.parent
+    if args.workdir is not None and args.workdir.resolve() != workdir:
+        raise HarrisonError(f"--model {args.model} is a model of {workdir}, but --workdir is {args.workdir}; "
+                            "leave out --workdir")
+    return load_config(run_config(workdir, args.config), workdir), folder.name
+
+
+def run_config(workdir: Path, given: Path) -> Path:
+    """The config of the run in ``workdir``: its copy ``config.yaml``, else the dataset's config, else ``given``."""
+    copy = workdir / "config.yaml"
+    if copy.is_file():
+        return copy
+    dataset = read_manifest(workdir / "dataset") or {}
+    built_with = Path(dataset["config"]) if dataset.get("config") else None
+    return built_with if built_with is not None and built_with.is_file() else given
 
 
 def _feature_files(config: Config, feature: str) -> dict[str, Path]:
