@@ -169,3 +169,32 @@ def test_real_reissued_images_are_put_in_place(tmp_path, release_dir):
     # both re-issued JPEGs end a few bytes early: Pillow's strict decoding (as extraction uses it) reports them
     bad = dict(line.split("\t") for line in (out / "verify_report.tsv").read_text().splitlines()[1:])
     assert bad[REISSUED].startswith("truncated image data")
+
+
+def test_rerun_with_bad_images_reprints_the_recorded_verification(tmp_path, capsys, monkeypatch):
+    """Bad images do not force a new verification: while data_list.txt and the images are unchanged, a rerun
+    reprints the recorded bad list and exit status; a changed image is verified again."""
+    tar, fixed = make_release(tmp_path)
+    out = tmp_path / "data"
+    assert prepare(tar, fixed, out) == 1
+    first = capsys.readouterr().err
+    decoded = []
+    monkeypatch.setattr("harrison.stages.prepare_release._check", lambda path: decoded.append(path))
+    assert prepare(tar, fixed, out) == 1
+    err = capsys.readouterr().err
+    assert not decoded and "verified before and are unchanged, skipped" in err
+    assert "2 of 5 listed images" in err and f"{CORRUPT}: " in err and f"{MISSING}: file not found" in err
+    assert [line for line in err.splitlines() if line.startswith("  ")] == [line for line in first.splitlines() if line.startswith("  ")]
+    (out / MISSING).write_bytes(_image_bytes("JPEG", (6, 6, 6)))  # the unpacked state changed: verify again
+    assert prepare(tar, fixed, out) == 0
+    assert len(decoded) == 5 and "verified before" not in capsys.readouterr().err
+
+
+def test_checks_the_number_of_listed_images(tmp_path, capsys, monkeypatch):
+    tar, fixed = make_release(tmp_path)
+    monkeypatch.setattr("harrison.stages.prepare_release.TAR_SIZE", tar.stat().st_size)
+    out = tmp_path / "data"
+    assert main(["prepare-release", "--tar", str(tar), "--fixed", str(fixed), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'data_list.txt'}: lists 5 images, but the HARRISON release lists 57,383" in err
+    assert "--no-size-check" in err and not (out / "verify_report.tsv").exists()

@@ -8,12 +8,16 @@ data_list.txt names must exist and decode (as extraction decodes it); the ones t
 reason in ``<out>/verify_report.tsv`` and on screen.
 
 Each member is written to a temporary name and renamed, so an interrupted unpack resumes where it stopped;
-``<out>/prepare.json`` records each finished step, and a rerun skips the steps that are still current.
+``<out>/prepare.json`` records each finished step, and a rerun skips the steps that are still current. The
+verification counts as current while data_list.txt has the recorded checksum and every listed image the recorded
+size and modification time; a rerun then reprints the recorded findings (the release always has two truncated
+images) instead of decoding the 57,383 images again.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import hashlib
 import os
 import sys
 import tarfile
@@ -29,6 +33,7 @@ from harrison.files import atomic_path, read_json, sha256, write_json, write_tex
 from harrison.images import ImageError, load_rgb
 
 TAR_SIZE = 6_067_998_720
+IMAGE_COUNT = 57_383
 IMAGE_FOLDER = "instagram_dataset"
 RECORD_NAME = "prepare.json"
 REPORT_NAME = "verify_report.tsv"
@@ -40,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tar", type=Path, required=True, help="HARRISON_full.tar (the torrent download)")
     parser.add_argument("--fixed", type=Path, required=True, help="HARRISON_fixed.zip (from the release repository)")
     parser.add_argument("--out", type=Path, required=True, help="folder to unpack into (becomes --data of reproduce_table1.sh)")
-    parser.add_argument("--no-size-check", action="store_true", help=f"accept a tar whose size is not {TAR_SIZE:,} bytes")
+    parser.add_argument("--no-size-check", action="store_true",
+                        help=f"accept a tar whose size is not {TAR_SIZE:,} bytes and a data_list.txt that does not list "
+                             f"{IMAGE_COUNT:,} images (a tar of your own)")
     parser.add_argument("--workers", type=int, default=None, help="decoding threads for the check (default: CPU count, at most 8)")
 
 
@@ -68,18 +75,30 @@ def run(args: argparse.Namespace) -> int:
         write_json(record_path, record)
 
     list_sha = sha256(out / DATA_LIST)
-    if record.get("verify", {}).get("data_list_sha256") == list_sha and not record["verify"]["bad"]:
-        print(f"{out}: all {record['verify']['images']} listed images were verified before, skipped", file=sys.stderr)
-        return 0
     images = read_data_list(out / DATA_LIST)
+    if not args.no_size_check and len(images) != IMAGE_COUNT:
+        raise HarrisonError(f"{out / DATA_LIST}: lists {len(images):,} images, but the HARRISON release lists {IMAGE_COUNT:,}; "
+                            f"{args.tar} is not the complete release: download HARRISON_full.tar again "
+                            "(or pass --no-size-check for a tar of your own)")
+    state = images_state(out, images)
+    verified = record.get("verify", {})
+    if verified.get("data_list_sha256") == list_sha and verified.get("images_state") == state and "bad_images" in verified:
+        print(f"{out}: the {len(images)} listed images were verified before and are unchanged, skipped", file=sys.stderr)
+        return report(out, len(images), [(image, reason) for image, reason in verified["bad_images"]])
     bad = verify_images(out, images, workers=args.workers)
     write_text(out / REPORT_NAME, "image\treason\n" + "".join(f"{image}\t{reason}\n" for image, reason in bad))
-    record["verify"] = {"data_list_sha256": list_sha, "images": len(images), "bad": len(bad)}
+    record["verify"] = {"data_list_sha256": list_sha, "images_state": state, "images": len(images), "bad": len(bad),
+                        "bad_images": [list(pair) for pair in bad]}
     write_json(record_path, record)
+    return report(out, len(images), bad)
+
+
+def report(out: Path, count: int, bad: list[tuple[str, str]]) -> int:
+    """Say what the verification found (the bad images, the first few on screen); exit status 0 or 1."""
     if not bad:
-        print(f"{out}: all {len(images)} listed images exist and decode; use --data {out}", file=sys.stderr)
+        print(f"{out}: all {count} listed images exist and decode; use --data {out}", file=sys.stderr)
         return 0
-    print(f"{out}: {len(bad)} of {len(images)} listed images are missing or do not decode "
+    print(f"{out}: {len(bad)} of {count} listed images are missing or do not decode "
           f"(all listed in {out / REPORT_NAME}):", file=sys.stderr)
     for image, reason in bad[:BAD_SHOWN]:
         print(f"  {image}: {reason}", file=sys.stderr)
@@ -88,6 +107,18 @@ def run(args: argparse.Namespace) -> int:
     print("re-download the damaged files, or let extraction zero-fill or skip them (harrison extract --on-bad-image)",
           file=sys.stderr)
     return 1
+
+
+def images_state(root: Path, images: list[str]) -> str:
+    """A digest of each listed image's size and modification time (or absence): what a verification depends on."""
+    digest = hashlib.sha256()
+    for image in images:
+        try:
+            stat = (root / image).stat()
+            digest.update(f"{image}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode("utf-8"))
+        except FileNotFoundError:
+            digest.update(f"{image}\t-\n".encode("utf-8"))
+    return digest.hexdigest()
 
 
 def _file_id(path: Path, expected_size: int | None) -> dict[str, object]:
