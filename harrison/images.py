@@ -16,6 +16,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
+import threading
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -26,6 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from harrison.errors import HarrisonError
 
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+_PIXEL_LIMIT_LOCK = threading.Lock()
 
 
 class ImageError(HarrisonError):
@@ -52,28 +54,29 @@ class PreprocessSpec:
     """The YAML file the spec came from."""
 
 
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
+def load_rgb(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode an image file as an H x W x 3 float32 RGB array in [0, 1], as ``caffe.io.load_image`` returns.
 
     Grayscale is repeated over the channels; palette, CMYK and other modes are converted to RGB by Pillow;
     an alpha channel is dropped (as pycaffe does); 16-bit grayscale is divided by 65,535; the EXIF
     orientation is applied. A missing, unreadable or truncated file raises ``ImageError``.
+
+    A photo that Pillow refuses as a decompression bomb (over twice ``Image.MAX_IMAGE_PIXELS``) is still
+    decoded, with the limit lifted for that decode only: a JPEG in draft mode at the smallest scale that
+    stays at least ``size`` (the net's (height, width)) on each side, anything else at full size. Every
+    other image is decoded at full size, as pycaffe does.
     """
     try:
-        with Image.open(path) as image:
-            image.load()
-            image = ImageOps.exif_transpose(image)
+        image = _decode(path, size)
     except FileNotFoundError:
         raise ImageError(path, "file not found") from None
     except UnidentifiedImageError:
         raise ImageError(path, "not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as exc:
         reason = str(exc)
-        if "truncated" in reason:
+        if "truncated" in reason.lower():
             reason = f"truncated image data ({reason})"
         raise ImageError(path, reason) from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(path, str(exc)) from None
     if image.mode in SIXTEEN_BIT_MODES:
         gray = np.asarray(image, dtype=np.float32) / 65535.0
         return np.repeat(np.clip(gray, 0.0, 1.0)[:, :, None], 3, axis=2)
@@ -83,6 +86,31 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.asarray(image, dtype=np.float32) * np.float32(1.0 / 255.0)
+
+
+def _decode(path: str | os.PathLike, size: tuple[int, int] | None) -> Image.Image:
+    """Open, load and EXIF-orient ``path``; a decompression bomb as ``load_rgb`` describes.
+
+    Pillow's pixel limit is a module global and decoding runs on threads, so every open holds
+    ``_PIXEL_LIMIT_LOCK``: no other open sees the limit while it is lifted for one large photo.
+    """
+    with _PIXEL_LIMIT_LOCK:
+        try:
+            image = Image.open(path)
+        except Image.DecompressionBombError:
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(path) as image:
+                    if image.format == "JPEG" and size is not None:
+                        side = max(size)  # either orientation once EXIF turns it
+                        image.draft(None, (side, side))
+                    image.load()
+                    return ImageOps.exif_transpose(image)
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+    with image:
+        image.load()
+        return ImageOps.exif_transpose(image)
 
 
 @functools.lru_cache(maxsize=64)
@@ -213,7 +241,7 @@ class Batch:
 
 def _load_one(path: str, spec: PreprocessSpec) -> np.ndarray | ImageError:
     try:
-        return preprocess(load_rgb(path), spec)
+        return preprocess(load_rgb(path, spec.input_size), spec)
     except ImageError as exc:
         return exc
 

@@ -5,7 +5,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from harrison.errors import HarrisonError
 from harrison.images import ImageError, PreprocessSpec, load_batches, load_preprocess_spec, load_rgb, preprocess, resize
@@ -78,6 +78,42 @@ def test_truncated_missing_and_non_images_raise_image_error(tmp_path):
             load_rgb(path)
         assert caught.value.path == str(path) and reason in caught.value.reason
         assert isinstance(caught.value, HarrisonError)
+
+
+def test_truncated_file_read_is_reported_as_truncated(tmp_path):
+    """Pillow words a file cut inside a PNG chunk "Truncated File Read", with a capital T."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("note", "x" * 2000)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "PNG", pnginfo=info)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(buffer.getvalue()[:500])
+    with pytest.raises(ImageError) as caught:
+        load_rgb(cut)
+    assert caught.value.reason == "truncated image data (Truncated File Read)"
+
+
+def test_a_photo_over_the_pixel_limit_is_decoded(tmp_path, monkeypatch):
+    """A photo Pillow would refuse as a bomb: a JPEG comes in draft mode near the net's size, a PNG at full size."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # refused above 2,000 pixels
+    photo = RNG.integers(0, 256, size=(300, 400, 3), dtype=np.uint8)
+    jpeg = save(tmp_path, Image.fromarray(photo), "big.jpg", quality=95)
+    png = save(tmp_path, Image.fromarray(photo), "big.png")
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(jpeg)
+    # draft scales by 1/2, 1/4 or 1/8 and keeps each side at least 50: 400 x 300 / 4 (1/8 would give 38 rows)
+    assert load_rgb(jpeg, (50, 40)).shape == (75, 100, 3)
+    assert load_rgb(jpeg).shape == (300, 400, 3)
+    assert np.array_equal(load_rgb(png, (50, 40)), photo.astype(np.float32) * np.float32(1.0 / 255.0))
+    assert Image.MAX_IMAGE_PIXELS == 1000  # the limit is back for everything else
+    spec = PreprocessSpec("data", (50, 40), 255.0, np.zeros((3, 1, 1), np.float32))
+    batch = next(load_batches([jpeg, png], spec, 2, workers=2))
+    assert batch.bad == [] and batch.data.shape == (2, 3, 50, 40)
+
+
+def test_photos_within_the_limit_are_not_drafted(tmp_path):
+    path = save(tmp_path, Image.fromarray(RNG.integers(0, 256, size=(300, 400, 3), dtype=np.uint8)), "p.jpg")
+    assert load_rgb(path, (50, 40)).shape == (300, 400, 3)
 
 
 def test_the_release_fixed_images(release_dir):
