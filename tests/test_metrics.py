@@ -114,3 +114,14 @@ def test_evaluate_scores_stage_from_npy_and_h5(tmp_path, capsys):
     np.save(tmp_path / "wide.npy", np.zeros((3, 7)))
     assert main(["evaluate-scores", "--scores", str(tmp_path / "wide.npy"), "--dataset", str(dataset)]) == 2
     assert "shape (3, 7)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("k", ["0", "-2"])
+def test_evaluate_scores_k_below_one(tmp_path, capsys, k):
+    from harrison.cli import main
+
+    dataset = make_dataset(tmp_path / "ds")
+    np.save(tmp_path / "s.npy", SCORES)
+    assert main(["evaluate-scores", "--scores", str(tmp_path / "s.npy"), "--dataset", str(dataset), "--k", k]) == 2
+    err = capsys.readouterr().err
+    assert f"--k {k}: k must be at least 1" in err and "smaller" not in err

@@ -46,6 +46,8 @@ def load_scores(path: Path) -> tuple[np.ndarray, list[str] | None]:
 
 def run(args: argparse.Namespace) -> int:
     """Compute, print and optionally save the metrics."""
+    if args.k < 1:
+        raise HarrisonError(f"--k {args.k}: k must be at least 1 (the K of recall@K and accuracy@K)")
     scores, score_images = load_scores(args.scores)
     images, labels = read_split(args.dataset, args.split)
     num_classes = len(read_vocab(args.dataset))
