@@ -53,6 +53,27 @@ def test_skip_bad_counts_the_records_in_the_manifest(tmp_path, line, reason):
     assert dataset_info(out)["counts"]["images"] == 4
 
 
+def test_crawl_line_not_in_utf8_is_an_encoding_error(tmp_path):
+    crawl = crawl_with(tmp_path, "")
+    lines = crawl.read_bytes().split(b"\n")
+    lines[2] = '{"image": "x.jpg", "tags": ["caf\u00e9"]}'.encode("latin-1")
+    crawl.write_bytes(b"\n".join(lines))
+    with pytest.raises(HarrisonError) as caught:
+        build_dataset(tmp_path / "ds", image_root=tmp_path, crawl=crawl, options=BuildOptions(test_size=1))
+    message = str(caught.value)
+    assert message.startswith(f"{crawl.resolve()}:3: not UTF-8: byte 33 of the line (0xe9) is not valid UTF-8")
+    assert "save the crawl as UTF-8" in message and "JSON" not in message
+    out, _ = build_dataset(tmp_path / "ds", image_root=tmp_path, crawl=crawl, options=BuildOptions(test_size=1, skip_bad=True))
+    assert dataset_info(out)["skipped"]["reasons"] == {"not UTF-8": 1}
+
+
+def test_crawl_with_a_byte_order_mark(tmp_path):
+    crawl = crawl_with(tmp_path, json.dumps({"image": "x.jpg", "tags": ["caf\u00e9", "sea"]}), at=0)
+    crawl.write_bytes(b"\xef\xbb\xbf" + crawl.read_bytes())
+    out, _ = build_dataset(tmp_path / "ds", image_root=tmp_path, crawl=crawl, options=BuildOptions(test_size=1))
+    assert dataset_info(out)["counts"]["images"] == 5
+
+
 def test_empty_missing_and_unreadable_crawls(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n", encoding="utf-8")

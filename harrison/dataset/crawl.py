@@ -3,6 +3,7 @@
 A post is ``{"image": "images/x.jpg", "tags": ["#Dog", "sea", ...]}`` or
 ``{"image": "images/x.jpg", "caption": "text with #tags"}`` (both keys may be present; the caption's
 tags follow the list's). The image path is relative to the dataset's image root. Blank lines are ignored.
+The file is UTF-8 (a byte-order mark is allowed); a line that is not is a bad record.
 """
 from __future__ import annotations
 
@@ -53,7 +54,13 @@ def read_crawl(path: str | os.PathLike, bad: BadRecords) -> Iterator[Post]:
 
 def _parse(path: Path, number: int, raw: bytes, bad: BadRecords) -> Post | None:
     try:
-        record = json.loads(raw)
+        text = raw.decode("utf-8-sig")  # a byte-order mark, if any, is not part of the JSON
+    except UnicodeDecodeError as exc:
+        detail = f"byte {exc.start + 1} of the line ({raw[exc.start]:#04x}) is not valid UTF-8"
+        bad.report(path, number, "not UTF-8", detail, "save the crawl as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+        return None
+    try:
+        record = json.loads(text)
     except ValueError as exc:
         bad.report(path, number, "malformed JSON", str(exc), FIX)
         return None
