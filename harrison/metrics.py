@@ -20,7 +20,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """The N x k class ids of the k highest scores per row, best first; ties go to the lower id."""
     scores = _check_scores(scores)
     if not 1 <= k <= scores.shape[1]:
-        raise HarrisonError(f"k={k} is outside 1..{scores.shape[1]} (the number of classes); choose a smaller k")
+        raise HarrisonError(f"k={k} is outside 1..{scores.shape[1]} (the number of classes); choose a k in that range")
     order = np.argsort(-scores, axis=1, kind="stable")
     return order[:, :k]
 
