@@ -34,10 +34,11 @@ def load_paper(paper: str | os.PathLike = PAPER) -> dict[str, Any]:
     return data
 
 
-def table1(results: Results, paper: str | os.PathLike = PAPER) -> dict[str, Any]:
+def table1(results: Results, paper: str | os.PathLike = PAPER, note: str | None = None) -> dict[str, Any]:
     """Table 1 as data: per model its label and, per column, ours (percent), the paper's and the difference.
 
     Models come in the paper's order; a model without results has ``None`` for ours and the difference.
+    ``note`` (e.g. why the run cannot be compared with the paper) is kept under ``note`` when given.
     """
     reference = load_paper(paper)
     columns = list(reference["columns"])
@@ -54,11 +55,11 @@ def table1(results: Results, paper: str | os.PathLike = PAPER) -> dict[str, Any]
                 "difference": None if value is None else round(value - paper_value, 2),
             }
         rows[model] = {"label": row.get("label", model), "metrics": cells}
-    return {"columns": columns, "unit": "percent", "rows": rows}
+    return {"columns": columns, "unit": "percent", "rows": rows, **({"note": note} if note else {})}
 
 
-def markdown_table1(results: Results, paper: str | os.PathLike = PAPER) -> str:
-    """Table 1 as Markdown: one row per model, 'ours / paper (difference)' per column."""
+def markdown_table1(results: Results, paper: str | os.PathLike = PAPER, note: str | None = None) -> str:
+    """Table 1 as Markdown: one row per model, ours, the paper's and the difference per column; ``note`` below it."""
     table = table1(results, paper)
     columns = table["columns"]
     lines = [
@@ -71,6 +72,8 @@ def markdown_table1(results: Results, paper: str | os.PathLike = PAPER) -> str:
             cell = row["metrics"][column]
             cells += [_fmt(cell["ours"]), _fmt(cell["paper"]), _fmt(cell["difference"], signed=True)]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    if note:
+        lines += ["", f"Note: {note[0].upper()}{note[1:]}."]
     return "\n".join(lines) + "\n"
 
 
@@ -89,13 +92,14 @@ def csv_table1(results: Results, paper: str | os.PathLike = PAPER) -> str:
     return buffer.getvalue()
 
 
-def write_table1(results: Results, out_dir: str | os.PathLike, paper: str | os.PathLike = PAPER) -> list[Path]:
+def write_table1(results: Results, out_dir: str | os.PathLike, paper: str | os.PathLike = PAPER,
+                 note: str | None = None) -> list[Path]:
     """Write table1.md, table1.csv and table1.json into ``out_dir`` (atomically); return their paths."""
     out = Path(out_dir)
     return [
-        write_text(out / "table1.md", markdown_table1(results, paper)),
+        write_text(out / "table1.md", markdown_table1(results, paper, note)),
         write_text(out / "table1.csv", csv_table1(results, paper)),
-        write_json(out / "table1.json", table1(results, paper)),
+        write_json(out / "table1.json", table1(results, paper, note)),
     ]
 
 

@@ -46,6 +46,14 @@ def test_write_table1_writes_three_consistent_files(tmp_path):
     assert paths[0].read_text() == markdown_table1(RESULTS)
 
 
+
+def test_a_note_goes_below_the_markdown_and_into_the_json(tmp_path):
+    note = "demo data and nets: not comparable with the paper's numbers"
+    paths = write_table1(RESULTS, tmp_path, note=note)
+    assert paths[0].read_text().splitlines()[-1] == "Note: Demo data and nets: not comparable with the paper's numbers."
+    assert json.loads(paths[2].read_text())["note"] == note
+    assert "note" not in table1(RESULTS) and "Note" not in markdown_table1(RESULTS)
+
 def test_other_paper_file(tmp_path):
     paper = tmp_path / "paper.yaml"
     paper.write_text("columns: [precision@1]\nrows:\n  object: {label: X, precision@1: 10.0}\n")

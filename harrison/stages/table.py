@@ -16,6 +16,7 @@ from harrison.errors import HarrisonError
 from harrison.files import read_json
 from harrison.manifest import read_manifest, write_manifest
 from harrison.proto.io import read_solver
+from harrison.report.collect import not_comparable
 from harrison.table import markdown_table1, write_table1
 
 # What every stage's entry keeps of its manifest (besides what is particular to the stage).
@@ -34,11 +35,12 @@ def run(args: argparse.Namespace) -> int:
     if not results:
         raise HarrisonError(f"{eval_dir}: no metrics.json; run harrison evaluate first")
     out = config.workdir / "results"
-    paths = write_table1(results, out)
+    note = not_comparable(config.workdir)
+    paths = write_table1(results, out, note=note)
     provenance = {model: model_provenance(config.workdir, model) for model in results}
     paths.append(write_manifest(out, "table", inputs=metrics, outputs=paths,
                                 extra={"workdir": str(config.workdir), "config": str(config.path), "models": provenance}))
-    print(markdown_table1(results), end="")
+    print(markdown_table1(results, note=note), end="")
     print("written: " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return 0
 
