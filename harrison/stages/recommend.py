@@ -75,9 +75,10 @@ def run(args: argparse.Namespace) -> int:
     readable: list[Path] = []
     inputs: dict[str, list[np.ndarray]] = {feature: [] for feature in used}
     errors: dict[Path, str] = {}
+    largest_input = max((spec.input_size for spec in specs.values()), key=lambda size: size[0] * size[1])
     for photo in args.photos:
         try:
-            rgb = load_rgb(photo)
+            rgb = load_rgb(photo, largest_input)
         except ImageError as exc:
             errors[photo] = exc.reason
             continue
