@@ -68,11 +68,27 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """The config named by ``--config`` with ``--workdir`` applied."""
-    return load_config(args.config, args.workdir)
+    """The config named by ``--config`` with ``--workdir`` applied, its ``caffe`` setting put in force."""
+    config = load_config(args.config, args.workdir)
+    apply_caffe_setting(config)
+    return config
 
 
-PATH_KEYS = frozenset({"workdir", "crawl", "image_root", "release", "net", "preprocess", "weights", "solver", "deploy"})
+def apply_caffe_setting(config: Config) -> None:
+    """Pass the config's optional ``caffe.root`` or ``caffe.prefix`` on as ``HARRISON_CAFFE_ROOT`` or
+    ``HARRISON_CAFFE_PREFIX``, which engine discovery reads; a variable already set in the environment wins."""
+    section = config.get("caffe") or {}
+    if not isinstance(section, dict) or set(section) - {"root", "prefix"}:
+        raise HarrisonError(f"{config.path}: 'caffe' takes 'root' (a Caffe root folder) or 'prefix' (a command prefix)")
+    if os.environ.get("HARRISON_CAFFE_ROOT") or os.environ.get("HARRISON_CAFFE_PREFIX"):
+        return
+    if section.get("prefix"):
+        os.environ["HARRISON_CAFFE_PREFIX"] = str(section["prefix"])
+    elif section.get("root"):
+        os.environ["HARRISON_CAFFE_ROOT"] = str(config.resolve(section["root"]))
+
+
+PATH_KEYS = frozenset({"workdir", "crawl", "image_root", "release", "net", "preprocess", "weights", "solver", "deploy", "root"})
 
 
 def derive_config(base: str | os.PathLike, out: str | os.PathLike, updates: dict[str, str]) -> Path:

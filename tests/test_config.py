@@ -1,12 +1,15 @@
 """Run configs: loading, path resolution, clear errors and derived configs."""
 from __future__ import annotations
 
+import argparse
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from harrison.config import derive_config, load_config
+from harrison.config import DEFAULT_CONFIG, config_from_args, derive_config, load_config
+from harrison.engines import get_engine
 from harrison.errors import HarrisonError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,3 +55,20 @@ def test_derived_config_is_absolute_and_updated(tmp_path, monkeypatch):
     assert data["features"]["object"]["weights"] == str(tmp_path / "w.caffemodel")
     assert data["features"]["scene"]["net"] == str(REPO / "prototxt/vgg16_scene/deploy.prototxt")
     assert load_config(out).workdir == REPO / "runs" / "harrison"
+
+
+def test_the_configs_caffe_setting_reaches_engine_discovery(tmp_path, monkeypatch):
+    for name in ("HARRISON_CAFFE_ROOT", "HARRISON_CAFFE_PREFIX"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    config = derive_config(DEFAULT_CONFIG, tmp_path / "config.yaml", {"caffe.root": "my-root"})
+    config_from_args(argparse.Namespace(config=config, workdir=None))
+    assert os.environ["HARRISON_CAFFE_ROOT"] == str(tmp_path / "my-root")
+    with pytest.raises(HarrisonError, match="HARRISON_CAFFE_ROOT is set, but real Caffe does not run there"):
+        get_engine("auto")
+    monkeypatch.setenv("HARRISON_CAFFE_ROOT", "/from/the/environment")
+    config_from_args(argparse.Namespace(config=config, workdir=None))
+    assert os.environ["HARRISON_CAFFE_ROOT"] == "/from/the/environment"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "caffe": {"home": "x"}}))
+    with pytest.raises(HarrisonError, match="'caffe' takes 'root'"):
+        config_from_args(argparse.Namespace(config=tmp_path / "bad.yaml", workdir=None))
