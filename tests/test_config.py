@@ -59,7 +59,8 @@ def test_derived_config_is_absolute_and_updated(tmp_path, monkeypatch):
 
 def test_the_configs_caffe_setting_reaches_engine_discovery(tmp_path, monkeypatch):
     for name in ("HARRISON_CAFFE_ROOT", "HARRISON_CAFFE_PREFIX"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so that the test's end restores the variable as it was
+        monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     config = derive_config(DEFAULT_CONFIG, tmp_path / "config.yaml", {"caffe.root": "my-root"})
     config_from_args(argparse.Namespace(config=config, workdir=None))
