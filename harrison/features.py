@@ -133,6 +133,7 @@ def extract(
     """
     start, stop = rows if rows is not None else (0, len(paths))
     attrs = {**identity, "start": start, "stop": stop, "total": len(paths), "batch_size": batch_size}
+    stored = {**attrs, **(notes or {})}  # what a new partial file records; only ``attrs`` decide a resume
     partial = partial_path(out)
     handle, done = _open_partial(partial, attrs)
     resumed_at = done
@@ -145,11 +146,11 @@ def extract(
                 values = np.asarray(forward(batch.data), dtype=np.float32).reshape(len(batch.data), -1)
                 values[batch.bad_rows] = 0.0
                 if handle is None:
-                    handle = _create_partial(partial, {**attrs, **(notes or {})}, names[start:stop], values.shape[1])
+                    handle = _create_partial(partial, stored, names[start:stop], values.shape[1])
                 _write_batch(handle, partial, batch.start - start, values, batch)
                 bar.update(len(values))
         if handle is None:
-            handle = _create_partial(partial, {**attrs, **(notes or {})}, names[start:stop], 0)
+            handle = _create_partial(partial, stored, names[start:stop], 0)
         bad = _finish(handle, partial, out, identity["on_bad_image"] == "skip")
         handle = None
     finally:
