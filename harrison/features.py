@@ -313,10 +313,10 @@ def merge(shards: Sequence[Path], out: Path) -> int:
         with h5py.File(path, "r") as handle:
             heads.append(({key: _text(handle.attrs.get(key, "")) for key in IDENTITY_KEYS},
                           int(handle.attrs["start"]), int(handle.attrs["stop"]), int(handle.attrs["total"]),
-                          handle["features"].shape, _text(handle.attrs.get("engine", ""))))
-    first_identity, _, _, total, _, engine = heads[0]
+                          handle["features"].shape, _text(handle.attrs.get("engine", "")), handle.attrs.get("engine_facts")))
+    first_identity, _, _, total, _, engine, engine_facts = heads[0]
     expected_start = 0
-    for path, (identity, start, stop, shard_total, _, _) in zip(shards, heads):
+    for path, (identity, start, stop, shard_total, _, _, _) in zip(shards, heads):
         differing = [key for key in IDENTITY_KEYS if identity[key] != first_identity[key]]
         if differing or shard_total != total:
             what = ", ".join(differing) or "list length"
@@ -347,9 +347,8 @@ def merge(shards: Sequence[Path], out: Path) -> int:
         _write_bad(target, bad)
         target.attrs.update(first_identity)
         target.attrs.update({"start": 0, "stop": total, "total": total, "done": total, "merged_from": len(shards), "engine": engine})
-        with h5py.File(shards[0], "r") as first:
-            if "engine_facts" in first.attrs:
-                target.attrs["engine_facts"] = first.attrs["engine_facts"]
+        if engine_facts is not None:
+            target.attrs["engine_facts"] = engine_facts
     os.replace(partial, out)
     return rows
 
