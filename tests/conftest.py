@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_RELEASE = REPO.parent / "shared" / "harrison-release"
+SHARED_RELEASE = Path(os.environ.get("HARRISON_RELEASE_LISTS") or REPO.parent / "shared" / "harrison-release")
 
 
 def _in_ci() -> bool:
@@ -31,9 +31,9 @@ def caffe_engine():
 
 @pytest.fixture(scope="session")
 def release_dir() -> Path:
-    """The real HARRISON release lists in ../shared/harrison-release (required in CI)."""
+    """The real HARRISON release lists: ``HARRISON_RELEASE_LISTS``, else ../shared/harrison-release (required in CI)."""
     if not (SHARED_RELEASE / "data_list.txt").exists():
-        message = f"the release lists are not at {SHARED_RELEASE}"
+        message = f"the release lists are not at {SHARED_RELEASE}; set HARRISON_RELEASE_LISTS to their folder"
         if _in_ci():
             pytest.fail(message)
         pytest.skip(message)
