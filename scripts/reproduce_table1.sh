@@ -68,6 +68,7 @@ results=$(.venv/bin/python -c 'import sys; from harrison.config import load_conf
 cat >&2 <<DONE
 
 Done. Table 1: $results/table1.md (also .csv, .json)
+How each number was made (engines, versions, seeds, checksums, timings): $results/manifest.json
 Report (open in a browser): $results/report/index.html
 Hashtags for your own photos: .venv/bin/harrison recommend ${common[*]} PHOTO...
 DONE
